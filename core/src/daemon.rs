@@ -1,0 +1,196 @@
+//! The start-up every daemon shares: command line, settings, logging, inherited sockets,
+//! readiness and shutdown wiring.
+//!
+//! A daemon is started by the supervisor as `securely-<name>` with its settings in
+//! [`SETTINGS_ENV`](crate::settings::SETTINGS_ENV) and its sockets inherited; run by hand
+//! (`securely-<name> -c FILE`) it reads the file and binds its own sockets.
+
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::bind;
+use crate::control::{ControlService, DaemonInfo};
+use crate::listen_fds::{InheritedFds, ListenFdsError, names};
+use crate::readiness::{Notice, Notifier};
+use crate::rpc::Access;
+use crate::settings::{LoadError, SETTINGS_ENV, Settings, SettingsError};
+use crate::shutdown::{Shutdown, ShutdownKind};
+use crate::store::{self, StoreError};
+
+/// Why a daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The command line is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// The settings could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The settings are invalid.
+    #[error("invalid settings: {}", join(.0))]
+    Invalid(Vec<SettingsError>),
+    /// The inherited sockets are wrong.
+    #[error(transparent)]
+    Fds(#[from] ListenFdsError),
+    /// A socket could not be bound (standalone) or used.
+    #[error("{what}: {source}")]
+    Socket {
+        /// Which socket.
+        what: String,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The sled tree could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn join(errors: &[SettingsError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A daemon in the making: what every daemon needs before it serves.
+#[derive(Debug)]
+pub struct Daemon {
+    /// `proxyd`, `dnsd` or `queued`.
+    pub name: &'static str,
+    /// The resolved settings of the whole stack.
+    pub settings: Settings,
+    /// Sockets handed down by the supervisor (empty when run standalone).
+    pub fds: InheritedFds,
+    /// Where readiness goes.
+    pub notifier: Arc<Notifier>,
+    /// Pulled by SIGTERM/SIGINT (once [`Shutdown::watch_signals`] runs), `Drain`, or the
+    /// supervisor going away.
+    pub shutdown: Shutdown,
+    /// Who may make mutating calls.
+    pub access: Access,
+}
+
+impl Daemon {
+    /// Parses `[-c FILE]`, loads settings, starts logging and takes the inherited fds.
+    /// Call first thing in `main`, before any thread starts.
+    pub fn start(name: &'static str) -> Result<Self, StartError> {
+        let config = parse_args(name)?;
+        let settings = match config {
+            Some(path) => Settings::load(&path)?,
+            None => match std::env::var(SETTINGS_ENV) {
+                Ok(text) => Settings::from_yaml(&text, SETTINGS_ENV, |_| {})?,
+                Err(_) => Settings::default(),
+            },
+        }
+        .resolve();
+        settings.validate().map_err(StartError::Invalid)?;
+        crate::logging::init(
+            &crate::daemon_binary_name(name),
+            settings.error_log.as_deref(),
+        );
+        let fds = InheritedFds::from_env()?;
+        let notifier = Arc::new(Notifier::from_env());
+        let shutdown = Shutdown::new();
+        let on_gone = shutdown.clone();
+        notifier.on_supervisor_gone(move || {
+            tracing::warn!("supervisor went away; draining");
+            on_gone.request(ShutdownKind::Graceful);
+        });
+        let access = Access::new(settings.user.as_deref());
+        Ok(Self {
+            name,
+            settings,
+            fds,
+            notifier,
+            shutdown,
+            access,
+        })
+    }
+
+    /// The gRPC listener: inherited, or bound at the daemon's socket path when standalone.
+    pub fn grpc_listener(&mut self) -> Result<UnixListener, StartError> {
+        match self.fds.take_all(names::GRPC).into_iter().next() {
+            Some(fd) => Ok(UnixListener::from(fd)),
+            None => {
+                let path = self.socket_path();
+                bind::unix(&path).map_err(|source| StartError::Socket {
+                    what: format!("binding {}", path.display()),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// The daemon's gRPC socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.settings.daemon_socket(self.name)
+    }
+
+    /// The daemon's sled tree directory.
+    pub fn tree_path(&self) -> PathBuf {
+        self.settings.daemon_tree(self.name)
+    }
+
+    /// Opens the daemon's sled tree, waiting for a previous instance to let go of it.
+    pub fn open_tree(&self) -> Result<sled::Db, StartError> {
+        Ok(store::open_tree(&self.tree_path(), store::OPEN_DEADLINE)?)
+    }
+
+    /// The `DaemonControl` service for this daemon.
+    pub fn control_service(&self, listeners: Vec<String>) -> ControlService {
+        let info = DaemonInfo {
+            name: self.name,
+            listeners,
+            tree: self.tree_path().display().to_string(),
+        };
+        ControlService::new(info, self.shutdown.clone(), self.access.clone())
+    }
+
+    /// Tells the supervisor (or systemd) that the daemon serves.
+    pub fn ready(&self, status: impl Into<String>) {
+        self.notifier.notify(Notice::Status(status.into()));
+        self.notifier.notify(Notice::Ready);
+    }
+
+    /// Tells the supervisor (or systemd) that the daemon drains.
+    pub fn stopping(&self) {
+        self.notifier.notify(Notice::Stopping);
+    }
+}
+
+fn parse_args(name: &str) -> Result<Option<PathBuf>, StartError> {
+    let usage = || {
+        format!(
+            "usage: securely-{name} [-c FILE]\n\nRun by the securely supervisor, which hands it its sockets \
+             and settings; run by hand, it reads FILE (or the embedded defaults) and binds its own."
+        )
+    };
+    let mut args = std::env::args_os().skip(1);
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("-c" | "--conf") => match args.next() {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => return Err(StartError::Usage(format!("-c needs a FILE\n{}", usage()))),
+            },
+            Some("-h" | "--help") => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            Some("-V" | "--version") => {
+                println!("securely-{name} {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            _ => {
+                return Err(StartError::Usage(format!(
+                    "unexpected argument {:?}\n{}",
+                    arg,
+                    usage()
+                )));
+            }
+        }
+    }
+    Ok(config)
+}

@@ -1,0 +1,83 @@
+//! Logging through `tracing`, naming the process on every line.
+//!
+//! Under systemd (`JOURNAL_STREAM` set) each process logs to the journal under its own
+//! identifier (`journalctl -t securely-proxyd`); otherwise lines go to stderr, or to
+//! `error_log` when the settings name one, prefixed `name[pid]:`. The `log` crate (which
+//! pingora uses) is bridged in. `SECURELY_LOG` takes an env-filter directive
+//! (default `info`).
+
+use std::fmt;
+use std::path::Path;
+
+use tracing_subscriber::fmt::format::{Format, Full, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// The variable holding the log filter.
+pub const LOG_FILTER_ENV: &str = "SECURELY_LOG";
+
+/// Installs the global subscriber for process `name`. Later calls do nothing.
+pub fn init(name: &str, error_log: Option<&Path>) {
+    let filter =
+        || EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        let layer = journald.with_syslog_identifier(name.to_string());
+        let _ = tracing_subscriber::registry()
+            .with(layer.with_filter(filter()))
+            .try_init();
+        return;
+    }
+    let format = Prefixed {
+        name: name.to_string(),
+        inner: tracing_subscriber::fmt::format().with_target(false),
+    };
+    let file = error_log.and_then(|path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| eprintln!("{name}: cannot open error_log {}: {e}", path.display()))
+            .ok()
+    });
+    let layer = match file {
+        Some(file) => tracing_subscriber::fmt::layer()
+            .event_format(format)
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .boxed(),
+        None => tracing_subscriber::fmt::layer()
+            .event_format(format)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(layer.with_filter(filter()))
+        .try_init();
+}
+
+/// The default format, prefixed with `name[pid]: `.
+struct Prefixed {
+    name: String,
+    inner: Format<Full>,
+}
+
+impl<S, N> FormatEvent<S, N> for Prefixed
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "{}[{}]: ", self.name, std::process::id())?;
+        self.inner.format_event(ctx, writer, event)
+    }
+}

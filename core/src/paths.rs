@@ -1,0 +1,55 @@
+//! Where Securely keeps its sockets and data when the settings do not say.
+//!
+//! As root: `/run/securely` and `/var/lib/securely`. Otherwise the XDG directories of the
+//! user (`$XDG_RUNTIME_DIR/securely`, `$XDG_DATA_HOME/securely` or
+//! `~/.local/share/securely`), with a per-user temp dir when there is no runtime dir.
+
+use std::path::PathBuf;
+
+/// The system-wide runtime directory used when running as root.
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/securely";
+/// The system-wide data directory used when running as root.
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/securely";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn env_dir(key: &str) -> Option<PathBuf> {
+    std::env::var_os(key)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
+/// The default directory for sockets and the pid file.
+pub fn default_runtime_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from(SYSTEM_RUNTIME_DIR);
+    }
+    match env_dir("XDG_RUNTIME_DIR") {
+        Some(dir) => dir.join("securely"),
+        None => std::env::temp_dir().join(format!("securely-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// The default directory for the daemons' sled trees.
+pub fn default_data_dir() -> PathBuf {
+    if is_root() {
+        return PathBuf::from(SYSTEM_DATA_DIR);
+    }
+    if let Some(dir) = env_dir("XDG_DATA_HOME") {
+        return dir.join("securely");
+    }
+    match env_dir("HOME") {
+        Some(home) => home.join(".local/share/securely"),
+        None => std::env::temp_dir().join(format!("securely-data-{}", nix::unistd::geteuid())),
+    }
+}
+
+/// The control socket's name inside the runtime dir.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
+/// A daemon's gRPC socket name inside the runtime dir (`proxyd` -> `proxyd.sock`).
+pub fn daemon_socket_name(daemon: &str) -> String {
+    format!("{daemon}.sock")
+}

@@ -1,0 +1,643 @@
+//! The one YAML settings file of the whole stack.
+//!
+//! pingora's server keys sit at the top level (so proxyd's `ServerConf` comes from them),
+//! next to `runtime_dir`, `data_dir` and one section per daemon. Unknown keys are ignored
+//! with a warning, as pingora does, so users can extend the file. [`Settings::resolve`]
+//! fills in the defaults that depend on the machine, and [`Settings::validate`] checks
+//! everything `securely -t` promises to check.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+/// The environment variable through which the supervisor hands its resolved settings
+/// (as YAML) to the daemons it starts.
+pub const SETTINGS_ENV: &str = "SECURELY_SETTINGS";
+
+/// A problem with the settings, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct SettingsError {
+    /// The dotted key, e.g. `proxy.listen[0]`.
+    pub key: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl SettingsError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// The text is not valid YAML or does not fit the settings' types.
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file, or where the text came from.
+        origin: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+}
+
+/// The settings of the whole stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// pingora: the settings format version.
+    pub version: usize,
+    /// pingora: run in the background (same as `-d`).
+    pub daemon: bool,
+    /// pingora: where the supervisor writes its pid. Default `<runtime_dir>/securely.pid`.
+    pub pid_file: Option<PathBuf>,
+    /// pingora: a file to append logs to instead of stderr (ignored under journald).
+    pub error_log: Option<PathBuf>,
+    /// pingora: the socket a new `securely -u` waits on for the listening sockets.
+    /// Default `<runtime_dir>/upgrade.sock`.
+    pub upgrade_sock: Option<PathBuf>,
+    /// pingora: drop to this user after binding the sockets.
+    pub user: Option<String>,
+    /// pingora: drop to this group after binding the sockets.
+    pub group: Option<String>,
+    /// pingora: worker threads per service.
+    pub threads: usize,
+    /// pingora: let idle worker threads steal work.
+    pub work_stealing: bool,
+    /// pingora: how long a draining process may finish in-flight work.
+    pub grace_period_seconds: Option<u64>,
+    /// pingora: how long runtimes get to shut down after the grace period.
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    /// pingora: CA bundle for verifying TLS upstreams.
+    pub ca_file: Option<String>,
+    /// pingora: local IPv4 addresses to connect to upstreams from.
+    pub client_bind_to_ipv4: Vec<String>,
+    /// pingora: local IPv6 addresses to connect to upstreams from.
+    pub client_bind_to_ipv6: Vec<String>,
+    /// pingora: idle upstream connections kept for reuse.
+    pub upstream_keepalive_pool_size: usize,
+    /// Sockets and the pid file. Default: see [`paths::default_runtime_dir`].
+    pub runtime_dir: Option<PathBuf>,
+    /// The daemons' sled trees, one subdirectory each. Default: see
+    /// [`paths::default_data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// proxyd.
+    pub proxy: ProxySettings,
+    /// dnsd.
+    pub dns: DnsSettings,
+    /// queued.
+    pub queue: QueueSettings,
+}
+
+/// proxyd's section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProxySettings {
+    /// TCP addresses to serve HTTP on.
+    pub listen: Vec<String>,
+}
+
+/// dnsd's section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DnsSettings {
+    /// Addresses to serve DNS on, over UDP and TCP each.
+    pub listen: Vec<String>,
+    /// The local top-level domain answered by dnsd.
+    pub tld: String,
+    /// The addresses every name under the TLD resolves to.
+    pub addresses: Vec<String>,
+    /// Resolvers for names outside the TLD (`IP` or `IP:PORT`); none: REFUSED.
+    pub upstreams: Vec<String>,
+    /// TTL of synthesised answers, in seconds.
+    pub ttl: u32,
+}
+
+/// queued's section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueSettings {
+    /// How long a reservation lasts when the client does not say, in seconds.
+    pub default_timeout_seconds: u64,
+    /// Attempts per job when the client does not say.
+    pub default_max_tries: u32,
+    /// Backoff before the first retry, in seconds; doubled on each further attempt.
+    pub retry_backoff_seconds: u64,
+    /// Upper bound of the retry backoff, in seconds.
+    pub max_retry_backoff_seconds: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            version: 1,
+            daemon: false,
+            pid_file: None,
+            error_log: None,
+            upgrade_sock: None,
+            user: None,
+            group: None,
+            threads: 1,
+            work_stealing: true,
+            grace_period_seconds: Some(30),
+            graceful_shutdown_timeout_seconds: Some(5),
+            ca_file: None,
+            client_bind_to_ipv4: Vec::new(),
+            client_bind_to_ipv6: Vec::new(),
+            upstream_keepalive_pool_size: 128,
+            runtime_dir: None,
+            data_dir: None,
+            proxy: ProxySettings::default(),
+            dns: DnsSettings::default(),
+            queue: QueueSettings::default(),
+        }
+    }
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".into()],
+        }
+    }
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:5353".into()],
+            tld: "test".into(),
+            addresses: vec!["127.0.0.1".into(), "::1".into()],
+            upstreams: Vec::new(),
+            ttl: 60,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            default_timeout_seconds: 60,
+            default_max_tries: 3,
+            retry_backoff_seconds: 1,
+            max_retry_backoff_seconds: 300,
+        }
+    }
+}
+
+/// Upper bound for the grace periods, so a typo cannot make a stop hang for days.
+const MAX_GRACE_SECONDS: u64 = 3600;
+/// Upper bound for worker threads.
+const MAX_THREADS: usize = 1024;
+
+impl Settings {
+    /// Parses settings from YAML text. Unknown keys are reported to `on_unknown` (with their
+    /// dotted path) and otherwise ignored.
+    pub fn from_yaml(
+        text: &str,
+        origin: &str,
+        mut on_unknown: impl FnMut(&str),
+    ) -> Result<Self, LoadError> {
+        let parse_error = |e: serde_norway::Error| LoadError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        };
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let value: serde_norway::Value = serde_norway::from_str(text).map_err(parse_error)?;
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        let settings = serde_ignored::deserialize(value, |path| on_unknown(&path.to_string()))
+            .map_err(parse_error)?;
+        Ok(settings)
+    }
+
+    /// Reads and parses a settings file, warning about unknown keys through `tracing`.
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string(), |key| {
+            tracing::warn!(key, file = %path.display(), "unknown settings key ignored");
+        })
+    }
+
+    /// Fills in every default that depends on the machine, so that the result means the
+    /// same in any process that reads it.
+    pub fn resolve(mut self) -> Self {
+        let runtime_dir = self
+            .runtime_dir
+            .take()
+            .unwrap_or_else(paths::default_runtime_dir);
+        self.data_dir.get_or_insert_with(paths::default_data_dir);
+        self.pid_file
+            .get_or_insert_with(|| runtime_dir.join("securely.pid"));
+        self.upgrade_sock
+            .get_or_insert_with(|| runtime_dir.join("upgrade.sock"));
+        self.runtime_dir = Some(runtime_dir);
+        self
+    }
+
+    /// The runtime directory (after [`Settings::resolve`]).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.runtime_dir
+            .clone()
+            .unwrap_or_else(paths::default_runtime_dir)
+    }
+
+    /// The data directory (after [`Settings::resolve`]).
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(paths::default_data_dir)
+    }
+
+    /// The supervisor's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.runtime_dir().join(paths::CONTROL_SOCKET)
+    }
+
+    /// A daemon's gRPC socket.
+    pub fn daemon_socket(&self, daemon: &str) -> PathBuf {
+        self.runtime_dir().join(paths::daemon_socket_name(daemon))
+    }
+
+    /// A daemon's sled tree.
+    pub fn daemon_tree(&self, daemon: &str) -> PathBuf {
+        self.data_dir().join(daemon)
+    }
+
+    /// The grace period for draining.
+    pub fn grace_period(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace_period_seconds.unwrap_or(30))
+    }
+
+    /// The proxy's listen addresses (after [`Settings::validate`] they all parse).
+    pub fn proxy_listen(&self) -> Vec<SocketAddr> {
+        self.proxy
+            .listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// dnsd's listen addresses (after [`Settings::validate`] they all parse).
+    pub fn dns_listen(&self) -> Vec<SocketAddr> {
+        self.dns
+            .listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// The serialised form handed to daemons in [`SETTINGS_ENV`].
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("settings always serialise")
+    }
+
+    /// Checks types' ranges, addresses, paths and clashing ports. Returns every problem
+    /// found, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<SettingsError>> {
+        let mut errors = Vec::new();
+        if self.version != 1 {
+            errors.push(SettingsError::new(
+                "version",
+                format!("unsupported version {}, expected 1", self.version),
+            ));
+        }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            errors.push(SettingsError::new(
+                "threads",
+                format!("{} is out of range 1..={MAX_THREADS}", self.threads),
+            ));
+        }
+        for (key, value) in [
+            ("grace_period_seconds", self.grace_period_seconds),
+            (
+                "graceful_shutdown_timeout_seconds",
+                self.graceful_shutdown_timeout_seconds,
+            ),
+        ] {
+            if let Some(v) = value.filter(|v| *v > MAX_GRACE_SECONDS) {
+                errors.push(SettingsError::new(
+                    key,
+                    format!("{v} is out of range 0..={MAX_GRACE_SECONDS}"),
+                ));
+            }
+        }
+        self.validate_paths(&mut errors);
+        self.validate_client_binds(&mut errors);
+        self.validate_listeners(&mut errors);
+        self.validate_dns(&mut errors);
+        self.validate_queue(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn validate_paths(&self, errors: &mut Vec<SettingsError>) {
+        let paths = [
+            ("runtime_dir", &self.runtime_dir),
+            ("data_dir", &self.data_dir),
+            ("pid_file", &self.pid_file),
+            ("error_log", &self.error_log),
+            ("upgrade_sock", &self.upgrade_sock),
+        ];
+        for (key, path) in paths {
+            let Some(path) = path else { continue };
+            if !path.is_absolute() {
+                errors.push(SettingsError::new(
+                    key,
+                    format!("{} must be an absolute path", path.display()),
+                ));
+            }
+        }
+        if let Some(ca) = &self.ca_file
+            && !Path::new(ca).is_file()
+        {
+            errors.push(SettingsError::new("ca_file", format!("{ca} is not a file")));
+        }
+        // The longest socket path must fit in sockaddr_un (108 bytes with the NUL).
+        let longest = self.runtime_dir().join("queued.sock");
+        if longest.as_os_str().len() >= 108 {
+            errors.push(SettingsError::new(
+                "runtime_dir",
+                format!(
+                    "{} is too long for Unix socket paths (at most ~95 bytes)",
+                    self.runtime_dir().display()
+                ),
+            ));
+        }
+        for (key, name) in [("user", &self.user), ("group", &self.group)] {
+            if name.as_deref() == Some("") {
+                errors.push(SettingsError::new(key, "must not be empty"));
+            }
+        }
+        if let Some(user) = &self.user
+            && !user.is_empty()
+            && matches!(nix::unistd::User::from_name(user), Ok(None))
+        {
+            errors.push(SettingsError::new("user", format!("no such user {user:?}")));
+        }
+        if let Some(group) = &self.group
+            && !group.is_empty()
+            && matches!(nix::unistd::Group::from_name(group), Ok(None))
+        {
+            errors.push(SettingsError::new(
+                "group",
+                format!("no such group {group:?}"),
+            ));
+        }
+    }
+
+    fn validate_client_binds(&self, errors: &mut Vec<SettingsError>) {
+        for (key, list, want_v4) in [
+            ("client_bind_to_ipv4", &self.client_bind_to_ipv4, true),
+            ("client_bind_to_ipv6", &self.client_bind_to_ipv6, false),
+        ] {
+            for (i, addr) in list.iter().enumerate() {
+                match addr.parse::<IpAddr>() {
+                    Ok(ip) if ip.is_ipv4() == want_v4 => {}
+                    Ok(_) => errors.push(SettingsError::new(
+                        format!("{key}[{i}]"),
+                        format!(
+                            "{addr} is not an IPv{} address",
+                            if want_v4 { 4 } else { 6 }
+                        ),
+                    )),
+                    Err(_) => errors.push(SettingsError::new(
+                        format!("{key}[{i}]"),
+                        format!("{addr:?} is not an IP address"),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn validate_listeners(&self, errors: &mut Vec<SettingsError>) {
+        // Every TCP port is claimed once: proxy listeners and dnsd's TCP side share the space.
+        let mut tcp_claims: Vec<(String, SocketAddr)> = Vec::new();
+        let mut udp_claims: BTreeSet<SocketAddr> = BTreeSet::new();
+        let sections = [
+            ("proxy.listen", &self.proxy.listen, false),
+            ("dns.listen", &self.dns.listen, true),
+        ];
+        for (section, list, with_udp) in sections {
+            if list.is_empty() {
+                errors.push(SettingsError::new(
+                    section,
+                    "needs at least one address to listen on",
+                ));
+            }
+            for (i, text) in list.iter().enumerate() {
+                let key = format!("{section}[{i}]");
+                let addr = match parse_socket_addr(text) {
+                    Ok(addr) => addr,
+                    Err(problem) => {
+                        errors.push(SettingsError::new(key, problem));
+                        continue;
+                    }
+                };
+                if let Some((other, _)) = tcp_claims.iter().find(|(_, a)| clashes(*a, addr)) {
+                    errors.push(SettingsError::new(
+                        key.clone(),
+                        format!("{addr} clashes with {other} (same TCP port)"),
+                    ));
+                } else {
+                    tcp_claims.push((key.clone(), addr));
+                }
+                if with_udp && !udp_claims.insert(addr) {
+                    errors.push(SettingsError::new(key, format!("{addr} is listed twice")));
+                }
+            }
+        }
+    }
+
+    fn validate_dns(&self, errors: &mut Vec<SettingsError>) {
+        let tld = self.dns.tld.trim_end_matches('.');
+        if tld.is_empty() || !tld.split('.').all(is_dns_label) {
+            errors.push(SettingsError::new(
+                "dns.tld",
+                format!("{:?} is not a valid domain name", self.dns.tld),
+            ));
+        }
+        if self.dns.addresses.is_empty() {
+            errors.push(SettingsError::new(
+                "dns.addresses",
+                "needs at least one address to answer with",
+            ));
+        }
+        for (i, addr) in self.dns.addresses.iter().enumerate() {
+            if addr.parse::<IpAddr>().is_err() {
+                errors.push(SettingsError::new(
+                    format!("dns.addresses[{i}]"),
+                    format!("{addr:?} is not an IP address"),
+                ));
+            }
+        }
+        for (i, upstream) in self.dns.upstreams.iter().enumerate() {
+            if parse_upstream(upstream).is_none() {
+                errors.push(SettingsError::new(
+                    format!("dns.upstreams[{i}]"),
+                    format!("{upstream:?} is not an IP address or IP:PORT"),
+                ));
+            }
+        }
+        if self.dns.ttl > 86_400 {
+            errors.push(SettingsError::new(
+                "dns.ttl",
+                format!("{} is out of range 0..=86400", self.dns.ttl),
+            ));
+        }
+    }
+
+    fn validate_queue(&self, errors: &mut Vec<SettingsError>) {
+        let q = &self.queue;
+        if q.default_timeout_seconds == 0 {
+            errors.push(SettingsError::new(
+                "queue.default_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if q.default_max_tries == 0 {
+            errors.push(SettingsError::new(
+                "queue.default_max_tries",
+                "must be at least 1",
+            ));
+        }
+        if q.max_retry_backoff_seconds < q.retry_backoff_seconds {
+            errors.push(SettingsError::new(
+                "queue.max_retry_backoff_seconds",
+                "must not be below queue.retry_backoff_seconds",
+            ));
+        }
+    }
+}
+
+/// Parses `IP:PORT` (IPv6 as `[::1]:53`), explaining what is wrong otherwise.
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        format!("{text:?} is not an address of the form IP:PORT (IPv6 as [::1]:PORT)")
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("{text:?} needs a port other than 0"));
+    }
+    Ok(addr)
+}
+
+/// Parses a DNS upstream: `IP` (port 53) or `IP:PORT`.
+pub fn parse_upstream(text: &str) -> Option<SocketAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, 53));
+    }
+    text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
+}
+
+/// Two TCP listeners clash when their ports match and one address covers the other.
+fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4())
+            || (b.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4()))
+}
+
+/// A DNS label as hostnames use it: letters, digits and inner hyphens, 1 to 63 bytes.
+pub fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Result<Settings, LoadError>, Vec<String>) {
+        let mut unknown = Vec::new();
+        let result = Settings::from_yaml(text, "test.yaml", |k| unknown.push(k.to_string()));
+        (result, unknown)
+    }
+
+    #[test]
+    fn empty_text_gives_the_embedded_defaults() {
+        let (settings, _) = parse("");
+        let settings = settings.unwrap();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.proxy.listen, vec!["127.0.0.1:8080"]);
+        assert_eq!(settings.dns.listen, vec!["127.0.0.1:5353"]);
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_and_ignored() {
+        let (settings, unknown) =
+            parse("threads: 2\nmy_extension: 1\ndns:\n  tld: dev\n  colour: red\n");
+        let settings = settings.unwrap();
+        assert_eq!(settings.threads, 2);
+        assert_eq!(settings.dns.tld, "dev");
+        assert_eq!(unknown, vec!["my_extension", "dns.colour"]);
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let (result, _) = parse("threads: many\n");
+        let message = result.unwrap_err().to_string();
+        assert!(message.contains("threads"), "{message}");
+    }
+
+    #[test]
+    fn validation_names_each_bad_key() {
+        let (settings, _) = parse(
+            "threads: 0\nproxy:\n  listen: [\"127.0.0.1:99999\"]\ndns:\n  tld: \"bad tld\"\n  addresses: [nope]\n",
+        );
+        let errors = settings.unwrap().validate().unwrap_err();
+        let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["threads", "proxy.listen[0]", "dns.tld", "dns.addresses[0]"]
+        );
+    }
+
+    #[test]
+    fn clashing_tcp_ports_are_rejected() {
+        let (settings, _) =
+            parse("proxy:\n  listen: [\"0.0.0.0:8053\"]\ndns:\n  listen: [\"127.0.0.1:8053\"]\n");
+        let errors = settings.unwrap().validate().unwrap_err();
+        assert_eq!(errors[0].key, "dns.listen[0]");
+        assert!(errors[0].problem.contains("clashes with proxy.listen[0]"));
+    }
+
+    #[test]
+    fn resolved_settings_round_trip_through_yaml() {
+        let settings = Settings::default().resolve();
+        let (again, unknown) = parse(&settings.to_yaml());
+        assert_eq!(again.unwrap(), settings);
+        assert!(unknown.is_empty());
+    }
+}
