@@ -1,0 +1,219 @@
+//! `securelyctl`: the operator's CLI. It talks gRPC to the supervisor's control socket
+//! and to each daemon's socket beside it.
+
+mod dns;
+mod errors;
+mod output;
+mod queue;
+mod sites;
+mod stack;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Control a running Securely stack.
+#[derive(Debug, Parser)]
+#[command(name = "securelyctl", version, about, long_about = None)]
+struct Cli {
+    /// The settings file the stack runs with (to find its sockets).
+    #[arg(short = 'c', long = "conf", value_name = "FILE", global = true)]
+    conf: Option<PathBuf>,
+    /// The supervisor's control socket (daemon sockets are found beside it).
+    #[arg(long, value_name = "PATH", env = "SECURELY_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show every process: state, pid, uptime, restarts, listeners, sled tree.
+    Status {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart one daemon and wait until the new instance serves.
+    Restart {
+        /// proxyd, dnsd or queued.
+        daemon: String,
+    },
+    /// Stop the whole stack.
+    Stop {
+        /// Stop at once instead of letting in-flight work finish (like SIGINT).
+        #[arg(long)]
+        fast: bool,
+    },
+    /// Route NAME.<tld> (and any --host) to a backend.
+    #[command(name = "site:link")]
+    SiteLink {
+        /// The site's name, a DNS label such as "myapp".
+        name: String,
+        /// The backend, HOST:PORT.
+        target: String,
+        /// Extra hostnames the site answers for (repeatable).
+        #[arg(long = "host", value_name = "HOSTNAME")]
+        hosts: Vec<String>,
+    },
+    /// Remove a site.
+    #[command(name = "site:unlink")]
+    SiteUnlink {
+        /// The site's name.
+        name: String,
+    },
+    /// List the sites.
+    #[command(name = "site:list")]
+    SiteList {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set an explicit DNS record (overrides the synthesised answer for NAME).
+    #[command(name = "dns:set")]
+    DnsSet {
+        /// A full name inside the local TLD, e.g. api.test.
+        name: String,
+        /// A, AAAA, CNAME or TXT.
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        /// The record's value.
+        value: String,
+        /// TTL in seconds (default: dnsd's).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Remove a name's explicit records (of one TYPE, or all).
+    #[command(name = "dns:unset")]
+    DnsUnset {
+        /// The full name.
+        name: String,
+        /// Only records of this type.
+        #[arg(value_name = "TYPE")]
+        rtype: Option<String>,
+    },
+    /// List the explicit DNS records.
+    #[command(name = "dns:list")]
+    DnsList {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Push a job; prints its id.
+    #[command(name = "queue:push")]
+    QueuePush {
+        /// The queue's name.
+        queue: String,
+        /// The job's payload.
+        payload: String,
+        /// Seconds before the job becomes available.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        delay: u64,
+        /// Attempts before the job fails for good (default: queued's).
+        #[arg(long, value_name = "N")]
+        tries: Option<u32>,
+    },
+    /// Reserve the next job; prints "ID PAYLOAD". An empty queue exits non-zero.
+    #[command(name = "queue:reserve")]
+    QueueReserve {
+        /// The queue's name.
+        queue: String,
+        /// How long the reservation lasts before the job returns to the queue.
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u64>,
+        /// How long to wait for a job when the queue is empty.
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+    },
+    /// Acknowledge a reserved job: it is done.
+    #[command(name = "queue:ack")]
+    QueueAck {
+        /// The job's id.
+        id: u64,
+    },
+    /// Report a failed attempt: the job is retried, or moves to the failed list.
+    #[command(name = "queue:fail")]
+    QueueFail {
+        /// The job's id.
+        id: u64,
+        /// What went wrong.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        error: String,
+    },
+    /// List the jobs that failed for good.
+    #[command(name = "queue:failed")]
+    QueueFailed {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-queue counts.
+    #[command(name = "queue:stats")]
+    QueueStats {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("securelyctl: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("securelyctl: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let target = target::Target::find(cli.conf.as_deref(), cli.socket.as_deref())?;
+    match cli.command {
+        Command::Status { json } => stack::status(&target, json).await,
+        Command::Restart { daemon } => stack::restart(&target, &daemon).await,
+        Command::Stop { fast } => stack::stop(&target, fast).await,
+        Command::SiteLink {
+            name,
+            target: to,
+            hosts,
+        } => sites::link(&target, name, to, hosts).await,
+        Command::SiteUnlink { name } => sites::unlink(&target, name).await,
+        Command::SiteList { json } => sites::list(&target, json).await,
+        Command::DnsSet {
+            name,
+            rtype,
+            value,
+            ttl,
+        } => dns::set(&target, name, rtype, value, ttl.unwrap_or(0)).await,
+        Command::DnsUnset { name, rtype } => dns::unset(&target, name, rtype).await,
+        Command::DnsList { json } => dns::list(&target, json).await,
+        Command::QueuePush {
+            queue,
+            payload,
+            delay,
+            tries,
+        } => queue::push(&target, queue, payload, delay, tries.unwrap_or(0)).await,
+        Command::QueueReserve {
+            queue,
+            timeout,
+            wait,
+        } => queue::reserve(&target, queue, timeout.unwrap_or(0), wait).await,
+        Command::QueueAck { id } => queue::ack(&target, id).await,
+        Command::QueueFail { id, error } => queue::fail(&target, id, error).await,
+        Command::QueueFailed { json } => queue::failed(&target, json).await,
+        Command::QueueStats { json } => queue::stats(&target, json).await,
+    }
+}

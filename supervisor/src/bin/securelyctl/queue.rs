@@ -1,0 +1,161 @@
+//! `queue:*`: queued's jobs.
+
+use securely_proto::queue::queue_client::QueueClient;
+use securely_proto::queue::{
+    AckRequest, FailRequest, ListFailedRequest, PushRequest, ReserveRequest, StatsRequest,
+};
+use serde_json::json;
+
+use crate::errors;
+use crate::output;
+use crate::target::Target;
+
+async fn client(target: &Target) -> anyhow::Result<QueueClient<tonic::transport::Channel>> {
+    Ok(QueueClient::new(target.daemon("queued").await?))
+}
+
+pub async fn push(
+    target: &Target,
+    queue: String,
+    payload: String,
+    delay_seconds: u64,
+    max_tries: u32,
+) -> anyhow::Result<()> {
+    let reply = client(target)
+        .await?
+        .push(PushRequest {
+            queue,
+            payload: payload.into_bytes(),
+            delay_seconds,
+            max_tries,
+        })
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner();
+    println!("{}", reply.id);
+    Ok(())
+}
+
+pub async fn reserve(
+    target: &Target,
+    queue: String,
+    timeout_seconds: u64,
+    wait_seconds: u64,
+) -> anyhow::Result<()> {
+    let job = client(target)
+        .await?
+        .reserve(ReserveRequest {
+            queue,
+            timeout_seconds,
+            wait_seconds,
+        })
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner();
+    println!("{} {}", job.id, String::from_utf8_lossy(&job.payload));
+    Ok(())
+}
+
+pub async fn ack(target: &Target, id: u64) -> anyhow::Result<()> {
+    client(target)
+        .await?
+        .ack(AckRequest { id })
+        .await
+        .map_err(|s| errors::rpc("queued", s))?;
+    println!("{id} acknowledged");
+    Ok(())
+}
+
+pub async fn fail(target: &Target, id: u64, error: String) -> anyhow::Result<()> {
+    let reply = client(target)
+        .await?
+        .fail(FailRequest { id, error })
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner();
+    if reply.will_retry {
+        println!("{id} will be retried at {} (unix ms)", reply.retry_at_ms);
+    } else {
+        println!("{id} moved to the failed list");
+    }
+    Ok(())
+}
+
+pub async fn failed(target: &Target, as_json: bool) -> anyhow::Result<()> {
+    let jobs = client(target)
+        .await?
+        .list_failed(ListFailedRequest::default())
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner()
+        .jobs;
+    if as_json {
+        let jobs: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                json!({
+                    "id": j.id, "queue": j.queue,
+                    "payload": String::from_utf8_lossy(&j.payload),
+                    "attempts": j.attempts, "error": j.error, "failed_at_ms": j.failed_at_ms,
+                })
+            })
+            .collect();
+        output::json(&json!(jobs));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .into_iter()
+        .map(|j| {
+            vec![
+                j.id.to_string(),
+                j.queue,
+                j.attempts.to_string(),
+                j.error,
+                String::from_utf8_lossy(&j.payload).into_owned(),
+            ]
+        })
+        .collect();
+    output::table(&["ID", "QUEUE", "ATTEMPTS", "ERROR", "PAYLOAD"], &rows);
+    Ok(())
+}
+
+pub async fn stats(target: &Target, as_json: bool) -> anyhow::Result<()> {
+    let queues = client(target)
+        .await?
+        .stats(StatsRequest {})
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner()
+        .queues;
+    if as_json {
+        let queues: Vec<_> = queues
+            .iter()
+            .map(|q| {
+                json!({
+                    "queue": q.queue, "ready": q.ready, "delayed": q.delayed,
+                    "reserved": q.reserved, "failed": q.failed, "pushed_total": q.pushed_total,
+                })
+            })
+            .collect();
+        output::json(&json!(queues));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = queues
+        .into_iter()
+        .map(|q| {
+            vec![
+                q.queue,
+                q.ready.to_string(),
+                q.delayed.to_string(),
+                q.reserved.to_string(),
+                q.failed.to_string(),
+                q.pushed_total.to_string(),
+            ]
+        })
+        .collect();
+    output::table(
+        &["QUEUE", "READY", "DELAYED", "RESERVED", "FAILED", "PUSHED"],
+        &rows,
+    );
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The pid file: written once the supervisor runs in its final process, removed at exit.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// A pid file that is removed when dropped.
+#[derive(Debug)]
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Writes this process's pid to `path` (atomically, via a temporary file).
+    pub fn write(path: &Path) -> anyhow::Result<Self> {
+        let tmp = path.with_extension("pid.tmp");
+        std::fs::write(&tmp, format!("{}\n", std::process::id()))
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("pid_file: writing {}", path.display()))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
