@@ -1,0 +1,73 @@
+//! queued through the supervisor: durable jobs across SIGKILL, timeouts, failures.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use securely_tests::Stack;
+
+#[test]
+fn a_pushed_job_survives_sigkill_and_the_restart() {
+    let stack = Stack::start();
+    let id = stack
+        .ctl_ok(&["queue:push", "emails", "send welcome"])
+        .trim()
+        .to_string();
+    assert!(id.parse::<u64>().is_ok(), "{id}");
+    let old = stack.ready_pid("queued").unwrap();
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    stack.wait_replaced("queued", old, Duration::from_secs(5));
+    let got = stack.ctl_ok(&["queue:reserve", "emails"]);
+    assert_eq!(got.trim(), format!("{id} send welcome"));
+    stack.ctl_ok(&["queue:ack", &id]);
+    // Now empty: non-zero exit.
+    let empty = stack.ctl(&["queue:reserve", "emails"]);
+    assert!(!empty.status.success());
+}
+
+#[test]
+fn an_unacknowledged_job_comes_back_after_its_timeout() {
+    let stack = Stack::start();
+    let id = stack
+        .ctl_ok(&["queue:push", "work", "job-1"])
+        .trim()
+        .to_string();
+    let first = stack.ctl_ok(&["queue:reserve", "work", "--timeout", "1"]);
+    assert!(first.starts_with(&id));
+    // Reserved: not handed out again meanwhile.
+    assert!(!stack.ctl(&["queue:reserve", "work"]).status.success());
+    // Back after the timeout (wait for it rather than sleep).
+    let again = stack.ctl_ok(&["queue:reserve", "work", "--wait", "5"]);
+    assert_eq!(again.trim(), format!("{id} job-1"));
+}
+
+#[test]
+fn failing_the_last_try_lands_in_failed() {
+    let stack = Stack::start();
+    let id = stack
+        .ctl_ok(&["queue:push", "reports", "monthly", "--tries", "2"])
+        .trim()
+        .to_string();
+    stack.ctl_ok(&["queue:reserve", "reports"]);
+    let out = stack.ctl_ok(&["queue:fail", &id, "--error", "disk full"]);
+    assert!(out.contains("retried"), "{out}");
+    // The retry comes after its backoff (1 s by default).
+    stack.ctl_ok(&["queue:reserve", "reports", "--wait", "5"]);
+    let out = stack.ctl_ok(&["queue:fail", &id, "--error", "disk still full"]);
+    assert!(out.contains("failed list"), "{out}");
+    let failed: serde_json::Value =
+        serde_json::from_str(&stack.ctl_ok(&["queue:failed", "--json"])).unwrap();
+    assert_eq!(failed[0]["id"].as_u64().unwrap().to_string(), id);
+    assert_eq!(failed[0]["error"], "disk still full");
+    assert_eq!(failed[0]["attempts"], 2);
+    let stats: serde_json::Value =
+        serde_json::from_str(&stack.ctl_ok(&["queue:stats", "--json"])).unwrap();
+    let reports = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "reports")
+        .unwrap();
+    assert_eq!(reports["failed"], 1);
+    assert_eq!(reports["ready"], 0);
+}

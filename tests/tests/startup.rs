@@ -1,0 +1,137 @@
+//! Start-up and `securely -t`.
+
+use std::process::Command;
+
+use securely_tests::{Stack, StackConfig, bin};
+
+#[test]
+fn every_daemon_is_ready_in_status_json() {
+    let stack = Stack::start();
+    let status = stack.wait_all_ready();
+    assert_eq!(status["supervisor"]["state"], "ready");
+    assert_eq!(
+        status["supervisor"]["pid"].as_u64().unwrap() as u32,
+        stack.supervisor_pid()
+    );
+    let daemons = status["daemons"].as_array().unwrap();
+    let names: Vec<_> = daemons
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["proxyd", "dnsd", "queued"]);
+    for d in daemons {
+        assert!(d["pid"].as_u64().unwrap() > 0, "{d}");
+        assert_eq!(d["restarts"], 0, "{d}");
+        let tree = d["tree"].as_str().unwrap();
+        assert!(tree.ends_with(d["name"].as_str().unwrap()), "{d}");
+        assert!(
+            std::path::Path::new(tree).is_dir(),
+            "sled tree {tree} exists"
+        );
+    }
+    let proxyd = &daemons[0]["listeners"];
+    assert!(
+        proxyd
+            .to_string()
+            .contains(&format!("tcp://{}", stack.http)),
+        "{proxyd}"
+    );
+    let dnsd = &daemons[1]["listeners"];
+    assert!(
+        dnsd.to_string().contains(&format!("udp://{}", stack.dns)),
+        "{dnsd}"
+    );
+    assert!(
+        dnsd.to_string().contains(&format!("tcp://{}", stack.dns)),
+        "{dnsd}"
+    );
+
+    // The table form names every process too.
+    let table = stack.ctl_ok(&["status"]);
+    for name in ["supervisor", "proxyd", "dnsd", "queued"] {
+        assert!(table.contains(name), "{table}");
+    }
+}
+
+fn check(config_text: &str) -> (bool, String) {
+    let stack = Stack::prepare(StackConfig::default());
+    let path = stack.dir.path().join("check.yaml");
+    std::fs::write(&path, config_text).unwrap();
+    let out = Command::new(bin("securely"))
+        .args(["-t", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_accepts_a_valid_config_and_warns_about_unknown_keys() {
+    let stack = Stack::prepare(StackConfig::default());
+    let out = Command::new(bin("securely"))
+        .args(["-t", "-c"])
+        .arg(&stack.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (ok, text) = check("threads: 2\nmy_plugin: {x: 1}\n");
+    assert!(ok, "{text}");
+    assert!(text.contains("unknown key my_plugin"), "{text}");
+}
+
+#[test]
+fn check_rejects_broken_configs_naming_the_key() {
+    let (ok, text) = check("proxy: [unclosed\n");
+    assert!(!ok);
+    assert!(text.contains("check.yaml"), "{text}");
+
+    let (ok, text) = check("proxy:\n  listen: [\"127.0.0.1:99999\"]\n");
+    assert!(!ok);
+    assert!(text.contains("proxy.listen[0]"), "{text}");
+
+    let (ok, text) =
+        check("proxy:\n  listen: [\"127.0.0.1:8053\"]\ndns:\n  listen: [\"127.0.0.1:8053\"]\n");
+    assert!(!ok);
+    assert!(
+        text.contains("dns.listen[0]") && text.contains("clashes"),
+        "{text}"
+    );
+
+    let (ok, text) = check("threads: lots\n");
+    assert!(!ok);
+    assert!(text.contains("threads"), "{text}");
+
+    let (ok, text) = check("dns:\n  addresses: [\"not-an-ip\"]\n  tld: \"bad tld\"\n");
+    assert!(!ok);
+    assert!(
+        text.contains("dns.addresses[0]") && text.contains("dns.tld"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_port_in_use_fails_start_up_with_the_reason() {
+    let stack = Stack::prepare(StackConfig::default());
+    let _taken = std::net::TcpListener::bind(stack.http).unwrap();
+    let out = Command::new(bin("securely"))
+        .arg("-c")
+        .arg(&stack.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("proxy.listen[0]") && err.contains("in use"),
+        "{err}"
+    );
+}
