@@ -34,7 +34,9 @@ pub fn init(name: &str, error_log: Option<&Path>) {
     }
     let format = Prefixed {
         name: name.to_string(),
-        inner: tracing_subscriber::fmt::format().with_target(false),
+        inner: tracing_subscriber::fmt::format()
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
     };
     let file = error_log.and_then(|path| {
         std::fs::OpenOptions::new()
@@ -52,6 +54,7 @@ pub fn init(name: &str, error_log: Option<&Path>) {
             .boxed(),
         None => tracing_subscriber::fmt::layer()
             .event_format(format)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
     };
