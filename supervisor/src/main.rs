@@ -107,7 +107,12 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(settings, sockets, report, pid_path))?;
+    let mut report = report;
+    let served = runtime.block_on(serve(settings, sockets, &mut report, pid_path));
+    if let Err(e) = &served {
+        report.failed(&format!("{e:#}"));
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -144,7 +149,7 @@ fn prepare_dirs(runtime_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
 async fn serve(
     settings: Settings,
     sockets: StackSockets,
-    mut report: StartupReport,
+    report: &mut StartupReport,
     pid_path: PathBuf,
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();

@@ -57,8 +57,20 @@ pub struct StackSockets {
 }
 
 impl StackSockets {
-    /// Binds every socket the settings ask for. Errors name the key and the address.
+    /// Binds every socket the settings ask for. Errors name the key and the address; on
+    /// an error, the socket files created so far are removed again.
     pub fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        let mut created = Vec::new();
+        let result = Self::bind_all(settings, &mut created);
+        if result.is_err() {
+            for path in created {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        result
+    }
+
+    fn bind_all(settings: &Settings, created: &mut Vec<PathBuf>) -> anyhow::Result<Self> {
         let control_path = settings.control_socket();
         let control = bind::unix(&control_path)
             .with_context(|| format!("binding the control socket {}", control_path.display()))?;
@@ -100,6 +112,7 @@ impl StackSockets {
             let grpc_path = settings.daemon_socket(daemon);
             let grpc = bind::unix(&grpc_path)
                 .with_context(|| format!("binding {daemon}'s socket {}", grpc_path.display()))?;
+            created.push(grpc_path.clone());
             sockets.handed.push(Handed {
                 name: names::GRPC,
                 url: format!("unix://{}", grpc_path.display()),
