@@ -226,7 +226,11 @@ impl Settings {
         if value.is_null() {
             return Ok(Self::default());
         }
-        let settings = serde_ignored::deserialize(value, |path| on_unknown(&path.to_string()))
+        // Parse the text itself (not the value) so errors keep the key's path and line.
+        let settings =
+            serde_ignored::deserialize(serde_norway::Deserializer::from_str(text), |path| {
+                on_unknown(&path.to_string())
+            })
             .map_err(parse_error)?;
         Ok(settings)
     }
