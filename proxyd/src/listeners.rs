@@ -1,0 +1,227 @@
+//! The HTTP listening sockets, and how an already-bound socket reaches pingora.
+//!
+//! proxyd never lets pingora bind: under the supervisor the sockets are inherited at exec
+//! time (named `http`), standalone proxyd binds them itself with
+//! [`securely_core::bind::tcp`]. Either way pingora must adopt a socket that is already
+//! listening. pingora offers two doors:
+//!
+//! * its upgrade handshake: start with `upgrade: true` and have some "old process" send the
+//!   fds over `upgrade_sock` (SCM_RIGHTS). That needs a second party racing pingora's
+//!   bootstrap with retries and timeouts, and `upgrade_sock` is the supervisor's own
+//!   hand-over socket.
+//! * its listen-fd table (`ListenFds`): when a listening service builds its endpoints it
+//!   first looks its address up in that table and adopts the fd it finds there
+//!   (`ListenerEndpointBuilder::listen`), binding only when there is none.
+//!
+//! proxyd uses the table. `Server` keeps the table private, but hands it to every service
+//! in `start_service`; proxyd's service wrapper ([`crate::service::ProxyService`]) puts
+//! the fds in ([`hand_over`]) and then, in the same task, lets the proxy build its
+//! listeners. There is no second process, socket or timing involved, and nothing can
+//! build the listeners before the table is filled. The keys are the sockets' own local
+//! addresses (getsockname), and the same strings are given to `add_tcp`, so every lookup
+//! hits. pingora wraps the fd in a tokio listener without changing its flags, so each
+//! socket is made `O_NONBLOCK` here (a blocking one would stall a worker thread in
+//! `accept` and the proxy would silently never answer).
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::sys::socket::{SockType, getsockopt, sockopt};
+use pingora::server::ListenFds;
+use securely_core::daemon::Daemon;
+use securely_core::listen_fds::names;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Why the HTTP listeners could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// An inherited `http` fd is not a listening TCP socket.
+    #[error("inherited socket {fd} (named \"http\") is not a listening TCP socket: {problem}")]
+    NotATcpListener {
+        /// The fd number.
+        fd: i32,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A socket could not be bound (standalone).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address from `proxy.listen`.
+        addr: SocketAddr,
+        /// The reason.
+        source: io::Error,
+    },
+    /// Two sockets have the same local address, so pingora could not tell them apart.
+    #[error("two HTTP sockets listen on {0}")]
+    Duplicate(SocketAddr),
+    /// There is nothing to listen on.
+    #[error("no HTTP socket to listen on (proxy.listen is empty)")]
+    None,
+}
+
+/// A listening TCP socket for HTTP, non-blocking.
+#[derive(Debug)]
+pub struct HttpListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl HttpListener {
+    /// Adopts a socket inherited from the supervisor, checking that it is a listening
+    /// TCP socket and making it non-blocking.
+    pub fn inherited(fd: OwnedFd) -> Result<Self, ListenerError> {
+        let raw = fd.as_raw_fd();
+        let wrong = |problem: String| ListenerError::NotATcpListener { fd: raw, problem };
+        match getsockopt(&fd.as_fd(), sockopt::SockType) {
+            Ok(SockType::Stream) => {}
+            Ok(other) => return Err(wrong(format!("socket type {other:?}"))),
+            Err(e) => return Err(wrong(e.to_string())),
+        }
+        match getsockopt(&fd.as_fd(), sockopt::AcceptConn) {
+            Ok(true) => {}
+            Ok(false) => return Err(wrong("not listening".into())),
+            Err(e) => return Err(wrong(e.to_string())),
+        }
+        let listener = TcpListener::from(fd);
+        let addr = listener
+            .local_addr()
+            .map_err(|e| wrong(format!("no IP address: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| wrong(format!("cannot make it non-blocking: {e}")))?;
+        Ok(Self { listener, addr })
+    }
+
+    /// Binds `addr` (standalone), non-blocking.
+    pub fn bind(addr: SocketAddr) -> Result<Self, ListenerError> {
+        let bind_error = |source| ListenerError::Bind { addr, source };
+        let listener = securely_core::bind::tcp(addr).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        let addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Self { listener, addr })
+    }
+
+    /// The socket's own local address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The key in pingora's listen-fd table, which must equal the `add_tcp` address.
+    pub fn key(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+/// The HTTP listeners: every inherited `http` socket, or, standalone, one bound for each
+/// address in `proxy.listen`.
+pub fn take(daemon: &mut Daemon) -> Result<Vec<HttpListener>, ListenerError> {
+    let inherited = daemon.fds.take_all(names::HTTP);
+    let listeners = if inherited.is_empty() {
+        daemon
+            .settings
+            .proxy_listen()
+            .into_iter()
+            .map(HttpListener::bind)
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        inherited
+            .into_iter()
+            .map(HttpListener::inherited)
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    if listeners.is_empty() {
+        return Err(ListenerError::None);
+    }
+    for (i, listener) in listeners.iter().enumerate() {
+        if listeners[..i].iter().any(|l| l.addr == listener.addr) {
+            return Err(ListenerError::Duplicate(listener.addr));
+        }
+    }
+    Ok(listeners)
+}
+
+/// Puts each listener's fd into pingora's listen-fd table under its key. pingora owns
+/// the fds from here on (the proxy's endpoints close them when they stop accepting).
+pub fn hand_over(table: &ListenFds, listeners: Vec<HttpListener>) {
+    let mut table = table.lock();
+    for listener in listeners {
+        let key = listener.key();
+        tracing::debug!(%key, "handing listening socket to pingora");
+        table.add(key, listener.listener.into_raw_fd());
+    }
+}
+
+/// The request a readiness probe sends. It has no Host, so proxyd answers it with its own
+/// 400 page and never forwards it to a site.
+const PROBE_REQUEST: &[u8] =
+    b"GET / HTTP/1.1\r\nUser-Agent: securely-proxyd readiness probe\r\nConnection: close\r\n\r\n";
+
+/// Proves that the proxy answers on `addr`: connects (to loopback when `addr` is a
+/// wildcard), sends a request and waits for a status line.
+pub async fn probe(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
+    let target = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(target).await?;
+        stream.write_all(PROBE_REQUEST).await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        if head.starts_with(b"HTTP/1.") {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected answer {:?}", String::from_utf8_lossy(&head)),
+            ))
+        }
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_listener_is_keyed_by_its_real_address_and_non_blocking() {
+        let listener = HttpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(listener.addr().port(), 0);
+        assert_eq!(
+            listener.key(),
+            format!("127.0.0.1:{}", listener.addr().port())
+        );
+        let flags = nix::fcntl::fcntl(&listener.listener, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert!(
+            nix::fcntl::OFlag::from_bits_truncate(flags).contains(nix::fcntl::OFlag::O_NONBLOCK)
+        );
+    }
+
+    #[test]
+    fn an_inherited_socket_must_be_a_listening_tcp_socket() {
+        let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = bound.local_addr().unwrap();
+        let listener = HttpListener::inherited(OwnedFd::from(bound)).unwrap();
+        assert_eq!(listener.addr(), addr);
+
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = HttpListener::inherited(OwnedFd::from(udp)).unwrap_err();
+        assert!(err.to_string().contains("socket type"), "{err}");
+
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(HttpListener::inherited(OwnedFd::from(unix)).is_err());
+    }
+}

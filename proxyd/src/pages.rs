@@ -1,0 +1,140 @@
+//! The pages proxyd answers with itself: unknown host (404), no or bad Host (400),
+//! backend unreachable (502) and other failures. Everything interpolated is HTML-escaped.
+
+use bytes::Bytes;
+
+/// The command that links a site, as the 404 page suggests it.
+pub const LINK_COMMAND: &str = "securelyctl site:link NAME HOST:PORT";
+
+/// A complete response: status and HTML body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// The HTTP status.
+    pub status: u16,
+    /// The HTML document.
+    pub body: Bytes,
+}
+
+/// 404: no site serves `host`.
+pub fn unknown_host(host: &str) -> Page {
+    let host = escape_html(host);
+    render(
+        404,
+        "Not Found",
+        &format!(
+            "<p>No site is linked for <code>{host}</code>.</p>\n\
+             <p>Link one with <code>{LINK_COMMAND}</code>, for example \
+             <code>securelyctl site:link myapp 127.0.0.1:3000</code>.</p>"
+        ),
+    )
+}
+
+/// 400: the request names no host (or an unreadable one).
+pub fn missing_host(problem: &str) -> Page {
+    render(
+        400,
+        "Bad Request",
+        &format!(
+            "<p>{}</p>\n<p>proxyd routes requests by their <code>Host</code> header.</p>",
+            escape_html(problem)
+        ),
+    )
+}
+
+/// 502: the site's backend did not answer.
+pub fn backend_unreachable(site: &str, target: &str, reason: &str) -> Page {
+    render(
+        502,
+        "Bad Gateway",
+        &format!(
+            "<p>Site <code>{}</code> forwards to <code>{}</code>, but {}.</p>\n\
+             <p>Is the app running and listening there?</p>",
+            escape_html(site),
+            escape_html(target),
+            escape_html(reason)
+        ),
+    )
+}
+
+/// Any other failure that still lets proxyd answer (`status` 400-599).
+pub fn failure(status: u16) -> Page {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    render(
+        status,
+        reason,
+        "<p>proxyd could not complete this request.</p>",
+    )
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn render(status: u16, reason: &str, content: &str) -> Page {
+    let body = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\">\
+         <title>{status} {reason}</title></head>\n<body>\n<h1>{status} {reason}</h1>\n\
+         {content}\n<hr><p>securely-proxyd</p>\n</body>\n</html>\n"
+    );
+    Page {
+        status,
+        body: Bytes::from(body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(page: &Page) -> &str {
+        std::str::from_utf8(&page.body).unwrap()
+    }
+
+    #[test]
+    fn escaping_covers_the_five_special_characters() {
+        assert_eq!(
+            escape_html(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(escape_html("plain.test"), "plain.test");
+    }
+
+    #[test]
+    fn the_404_page_names_the_escaped_host_and_the_link_command() {
+        let page = unknown_host("<script>x</script>.test");
+        assert_eq!(page.status, 404);
+        assert!(text(&page).contains("&lt;script&gt;x&lt;/script&gt;.test"));
+        assert!(!text(&page).contains("<script>"));
+        assert!(text(&page).contains(LINK_COMMAND));
+    }
+
+    #[test]
+    fn the_502_page_names_site_and_target() {
+        let page = backend_unreachable("app", "127.0.0.1:9", "the connection was refused");
+        assert_eq!(page.status, 502);
+        assert!(text(&page).contains("<code>app</code>"));
+        assert!(text(&page).contains("127.0.0.1:9"));
+        assert!(text(&page).contains("refused"));
+    }
+
+    #[test]
+    fn other_pages_carry_their_status() {
+        assert_eq!(missing_host("no Host header").status, 400);
+        assert!(text(&failure(500)).contains("500 Internal Server Error"));
+    }
+}
