@@ -1,0 +1,139 @@
+//! The `DnsAdmin` gRPC service: explicit records, changed live.
+
+use std::sync::Arc;
+
+use securely_core::rpc::Access;
+use securely_proto::dns::dns_admin_server::{DnsAdmin, DnsAdminServer};
+use securely_proto::dns::{
+    ListRecordsReply, ListRecordsRequest, Record, SetRecordRequest, UnsetRecordReply,
+    UnsetRecordRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::in_flight::InFlight;
+use crate::record_spec::{InvalidArgument, RecordSpec, ZoneNames, parse_kind};
+use crate::records::{RecordStore, StoreError};
+
+/// The admin service over the record store.
+pub struct AdminService {
+    store: Arc<RecordStore>,
+    names: ZoneNames,
+    default_ttl: u32,
+    access: Access,
+    in_flight: Arc<InFlight>,
+}
+
+impl AdminService {
+    /// A service changing `store` for the zone `names`; `default_ttl` is what a TTL of 0
+    /// means, `access` who may change records; calls are counted in `in_flight`.
+    pub fn new(
+        store: Arc<RecordStore>,
+        names: ZoneNames,
+        default_ttl: u32,
+        access: Access,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
+        Self {
+            store,
+            names,
+            default_ttl,
+            access,
+            in_flight,
+        }
+    }
+
+    /// The tonic service.
+    pub fn into_server(self) -> DnsAdminServer<Self> {
+        DnsAdminServer::new(self)
+    }
+
+    fn to_proto(&self, spec: RecordSpec) -> Record {
+        Record {
+            name: spec.name,
+            r#type: spec.kind.as_str().to_string(),
+            value: spec.value,
+            ttl: if spec.ttl == 0 {
+                self.default_ttl
+            } else {
+                spec.ttl
+            },
+        }
+    }
+
+    /// Runs a store write off the async workers (it waits for the disk).
+    async fn write<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&RecordStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || change(&store))
+            .await
+            .map_err(|e| Status::internal(format!("record store task failed: {e}")))?
+            .map_err(store_status)
+    }
+}
+
+fn invalid(error: InvalidArgument) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn store_status(error: StoreError) -> Status {
+    match error {
+        StoreError::Conflict(message) => Status::failed_precondition(message),
+        StoreError::Invalid(error) => invalid(error),
+        other => {
+            tracing::error!(error = %other, "record store failed");
+            Status::internal(other.to_string())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl DnsAdmin for AdminService {
+    async fn set_record(
+        &self,
+        request: Request<SetRecordRequest>,
+    ) -> Result<Response<Record>, Status> {
+        let _call = self.in_flight.enter();
+        self.access.authorize(&request)?;
+        let r = request.into_inner();
+        let spec =
+            RecordSpec::parse(&self.names, &r.name, &r.r#type, &r.value, r.ttl).map_err(invalid)?;
+        let stored = spec.clone();
+        self.write(move |store| store.set(stored)).await?;
+        tracing::info!(name = %spec.name, r#type = spec.kind.as_str(), value = %spec.value, "record set");
+        Ok(Response::new(self.to_proto(spec)))
+    }
+
+    async fn unset_record(
+        &self,
+        request: Request<UnsetRecordRequest>,
+    ) -> Result<Response<UnsetRecordReply>, Status> {
+        let _call = self.in_flight.enter();
+        self.access.authorize(&request)?;
+        let r = request.into_inner();
+        let name = self.names.owner("name", &r.name).map_err(invalid)?;
+        let kind = if r.r#type.trim().is_empty() {
+            None
+        } else {
+            Some(parse_kind(&r.r#type).map_err(invalid)?)
+        };
+        let target = name.clone();
+        let removed = self.write(move |store| store.unset(&target, kind)).await?;
+        tracing::info!(%name, r#type = kind.map_or("*", |k| k.as_str()), removed, "records unset");
+        Ok(Response::new(UnsetRecordReply { removed }))
+    }
+
+    async fn list_records(
+        &self,
+        _request: Request<ListRecordsRequest>,
+    ) -> Result<Response<ListRecordsReply>, Status> {
+        let records = self
+            .store
+            .list()
+            .into_iter()
+            .map(|spec| self.to_proto(spec))
+            .collect();
+        Ok(Response::new(ListRecordsReply { records }))
+    }
+}

@@ -1,0 +1,256 @@
+//! The handler hickory's `Server` calls for every message it could parse: the protocol
+//! checks hickory leaves to handlers, dispatch of the question, and framing of the reply
+//! (EDNS, UDP size, flags).
+//!
+//! hickory itself drops messages shorter than a header and responses (QR=1), and answers
+//! FORMERR to messages whose sections do not parse (duplicate OPT included). Everything
+//! else reaches [`DnsHandler`], which answers BADVERS for EDNS versions above 0, NOTIMP
+//! for opcodes other than QUERY, FORMERR unless there is exactly one question, REFUSED
+//! for classes other than IN and for zone transfers, and then asks the local zone, the
+//! localhost names, or the upstreams.
+
+use std::sync::Arc;
+
+use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, RecordType};
+use hickory_proto::serialize::binary::BinEncoder;
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+
+use crate::forward::Forwarder;
+use crate::in_flight::InFlight;
+use crate::local_zone::LocalZone;
+use crate::localhost;
+use crate::reply::Reply;
+
+/// The EDNS version dnsd speaks (RFC 6891).
+pub const EDNS_VERSION: u8 = 0;
+/// The UDP payload dnsd advertises in its OPT record, and the most it sends over UDP
+/// (the DNS Flag Day 2020 size, which avoids IP fragmentation).
+pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
+/// The UDP limit for a client without EDNS (RFC 1035 section 4.2.1).
+const PLAIN_UDP_PAYLOAD: u16 = 512;
+
+/// Answers DNS questions: the local TLD, localhost, and forwarding.
+pub struct DnsHandler {
+    zone: LocalZone,
+    forwarder: Forwarder,
+    localhost_ttl: u32,
+    in_flight: Arc<InFlight>,
+}
+
+impl DnsHandler {
+    /// A handler over `zone` and `forwarder` that counts its work in `in_flight`.
+    pub fn new(
+        zone: LocalZone,
+        forwarder: Forwarder,
+        localhost_ttl: u32,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
+        Self {
+            zone,
+            forwarder,
+            localhost_ttl,
+            in_flight,
+        }
+    }
+
+    /// What to answer, before framing.
+    async fn reply_to(&self, request: &Request) -> Reply {
+        if request
+            .edns
+            .as_ref()
+            .is_some_and(|edns| edns.version() > EDNS_VERSION)
+        {
+            return Reply::empty(ResponseCode::BADVERS);
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return Reply::empty(ResponseCode::NotImp);
+        }
+        let [query] = request.queries.queries() else {
+            return Reply::empty(ResponseCode::FormErr);
+        };
+        if query.query_class() != DNSClass::IN {
+            return Reply::empty(ResponseCode::Refused);
+        }
+        match query.query_type() {
+            // No zone transfers: the zone is synthesised and has no secondaries.
+            RecordType::AXFR | RecordType::IXFR => return Reply::empty(ResponseCode::Refused),
+            // OPT is a pseudo-type and cannot be asked for (RFC 6891 section 6.1.1).
+            RecordType::OPT => return Reply::empty(ResponseCode::FormErr),
+            _ => {}
+        }
+        if self.zone.contains(query.name()) {
+            self.zone.answer(query)
+        } else if localhost::is_localhost(query) {
+            localhost::answer(query, self.localhost_ttl)
+        } else {
+            self.forwarder.forward(query).await
+        }
+    }
+
+    /// Frames `reply` for `request` and sends it.
+    async fn send<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        reply: Reply,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        // A query with OPT gets OPT back (RFC 6891 section 6.1.1), without the DO bit:
+        // dnsd does not sign or validate.
+        let response_edns = request.edns.as_ref().map(|_| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(ADVERTISED_UDP_PAYLOAD)
+                .set_version(EDNS_VERSION);
+            edns
+        });
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = reply.authoritative;
+        metadata.recursion_available = self.forwarder.is_enabled();
+        metadata.response_code = reply.code;
+
+        let reply = if request.protocol() == Protocol::Udp
+            && !fits(
+                request,
+                response_edns.as_ref(),
+                metadata,
+                &reply,
+                udp_payload_limit(request),
+            ) {
+            // RFC 2181 section 9: rather than a partial RRset, an empty answer with TC,
+            // which keeps the OPT record and sends the client to TCP.
+            metadata.truncation = true;
+            Reply {
+                answers: Vec::new(),
+                authorities: Vec::new(),
+                additionals: Vec::new(),
+                ..reply
+            }
+        } else {
+            reply
+        };
+
+        let response = MessageResponseBuilder::new(&request.queries, response_edns.as_ref()).build(
+            metadata,
+            &reply.answers,
+            &reply.authorities,
+            [],
+            &reply.additionals,
+        );
+        match response_handle.send_response(response).await {
+            Ok(info) => info,
+            Err(error) => {
+                tracing::debug!(src = %request.src(), %error, "sending a reply failed");
+                ResponseInfo::from(Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                })
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
+        let _in_flight = self.in_flight.enter();
+        let reply = self.reply_to(request).await;
+        self.send(request, reply, response_handle).await
+    }
+}
+
+/// The largest UDP reply `request` may get: what its OPT record allows, at most
+/// [`ADVERTISED_UDP_PAYLOAD`], at least 512; 512 without EDNS.
+fn udp_payload_limit(request: &Request) -> usize {
+    let limit = match &request.edns {
+        Some(edns) => edns
+            .max_payload()
+            .clamp(PLAIN_UDP_PAYLOAD, ADVERTISED_UDP_PAYLOAD),
+        None => PLAIN_UDP_PAYLOAD,
+    };
+    usize::from(limit)
+}
+
+/// Whether the whole reply encodes within `limit` bytes.
+fn fits(
+    request: &Request,
+    edns: Option<&Edns>,
+    metadata: Metadata,
+    reply: &Reply,
+    limit: usize,
+) -> bool {
+    let mut buffer = Vec::with_capacity(limit);
+    let mut encoder = BinEncoder::new(&mut buffer);
+    let encoded = MessageResponseBuilder::new(&request.queries, edns)
+        .build(
+            metadata,
+            &reply.answers,
+            &reply.authorities,
+            [],
+            &reply.additionals,
+        )
+        .destructive_emit(&mut encoder);
+    match encoded {
+        Ok(header) => !header.truncation && buffer.len() <= limit,
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Message, MessageType, Query};
+    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::{Name, RData, Record};
+
+    use super::*;
+
+    fn request(protocol: Protocol, payload: Option<u16>) -> Request {
+        let mut message = Message::query();
+        message.add_query(Query::query(
+            Name::from_str("big.test.").unwrap(),
+            RecordType::TXT,
+        ));
+        if let Some(payload) = payload {
+            let mut edns = Edns::new();
+            edns.set_max_payload(payload);
+            message.set_edns(edns);
+        }
+        let src: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        Request::from_bytes(message.to_vec().unwrap(), src, protocol).unwrap()
+    }
+
+    fn txt_reply(bytes: usize) -> Reply {
+        let txt = TXT::new(vec!["x".repeat(200); bytes / 200]);
+        Reply::authoritative(vec![Record::from_rdata(
+            Name::from_str("big.test.").unwrap(),
+            60,
+            RData::TXT(txt),
+        )])
+    }
+
+    #[test]
+    fn udp_limit_follows_the_clients_opt_within_bounds() {
+        assert_eq!(udp_payload_limit(&request(Protocol::Udp, None)), 512);
+        assert_eq!(udp_payload_limit(&request(Protocol::Udp, Some(4096))), 1232);
+        assert_eq!(udp_payload_limit(&request(Protocol::Udp, Some(800))), 800);
+        assert_eq!(udp_payload_limit(&request(Protocol::Udp, Some(100))), 512);
+    }
+
+    #[test]
+    fn replies_are_measured_whole() {
+        let req = request(Protocol::Udp, None);
+        let metadata = Metadata::new(1, MessageType::Response, OpCode::Query);
+        assert!(fits(&req, None, metadata, &txt_reply(200), 512));
+        assert!(!fits(&req, None, metadata, &txt_reply(600), 512));
+        assert!(fits(&req, None, metadata, &txt_reply(600), 1232));
+    }
+}

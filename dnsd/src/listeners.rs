@@ -1,0 +1,123 @@
+//! The DNS sockets: inherited from the supervisor (`dns-udp`, `dns-tcp`, any number of
+//! each), or bound from `dns.listen` when dnsd runs standalone.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::time::Duration;
+
+use hickory_server::Server;
+use hickory_server::server::RequestHandler;
+use securely_core::bind;
+use securely_core::daemon::Daemon;
+use securely_core::listen_fds::names;
+
+/// How long a TCP connection may stay idle between questions (RFC 7766 section 6.2.3
+/// asks for seconds, not minutes).
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Replies queued per TCP connection before its writer applies back-pressure.
+const TCP_RESPONSE_BUFFER: usize = 32;
+
+/// Why the DNS sockets could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A socket could not be bound (standalone) or used.
+    #[error("{what}: {source}")]
+    Socket {
+        /// Which socket.
+        what: String,
+        /// The reason.
+        source: io::Error,
+    },
+}
+
+/// dnsd's DNS sockets, not yet serving.
+#[derive(Debug)]
+pub struct DnsSockets {
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+}
+
+impl DnsSockets {
+    /// The inherited sockets, or, when none were handed down, sockets bound from
+    /// `dns.listen` (UDP and TCP on each address).
+    pub fn take(daemon: &mut Daemon) -> Result<Self, ListenError> {
+        let udp: Vec<UdpSocket> = daemon
+            .fds
+            .take_all(names::DNS_UDP)
+            .into_iter()
+            .map(UdpSocket::from)
+            .collect();
+        let tcp: Vec<TcpListener> = daemon
+            .fds
+            .take_all(names::DNS_TCP)
+            .into_iter()
+            .map(TcpListener::from)
+            .collect();
+        if !udp.is_empty() || !tcp.is_empty() {
+            return Ok(Self { udp, tcp });
+        }
+        let mut sockets = Self {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for (i, addr) in daemon.settings.dns_listen().into_iter().enumerate() {
+            let failed = |proto: &str, source| ListenError::Socket {
+                what: format!("dns.listen[{i}]: binding {proto} {addr}"),
+                source,
+            };
+            sockets
+                .udp
+                .push(bind::udp(addr).map_err(|e| failed("UDP", e))?);
+            sockets
+                .tcp
+                .push(bind::tcp(addr).map_err(|e| failed("TCP", e))?);
+        }
+        Ok(sockets)
+    }
+
+    /// The sockets as `udp://ADDR` and `tcp://ADDR`, for status and logs.
+    pub fn describe(&self) -> Vec<String> {
+        let show = |addr: io::Result<SocketAddr>| {
+            addr.map_or_else(|e| format!("unknown ({e})"), |a| a.to_string())
+        };
+        self.udp
+            .iter()
+            .map(|s| format!("udp://{}", show(s.local_addr())))
+            .chain(
+                self.tcp
+                    .iter()
+                    .map(|l| format!("tcp://{}", show(l.local_addr()))),
+            )
+            .collect()
+    }
+
+    /// Hands every socket to `server`. Must run inside the tokio runtime.
+    pub fn register<H: RequestHandler>(self, server: &mut Server<H>) -> Result<(), ListenError> {
+        for socket in self.udp {
+            let what = describe_socket("UDP", socket.local_addr());
+            socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UdpSocket::from_std(socket))
+                .map(|socket| server.register_socket(socket))
+                .map_err(|source| ListenError::Socket { what, source })?;
+        }
+        for listener in self.tcp {
+            let what = describe_socket("TCP", listener.local_addr());
+            listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                .map(|listener| {
+                    server.register_listener(listener, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER)
+                })
+                .map_err(|source| ListenError::Socket { what, source })?;
+        }
+        Ok(())
+    }
+}
+
+fn describe_socket(proto: &str, addr: io::Result<SocketAddr>) -> String {
+    match addr {
+        Ok(addr) => format!("serving DNS on {proto} {addr}"),
+        Err(_) => format!("serving DNS on an inherited {proto} socket"),
+    }
+}

@@ -1,0 +1,392 @@
+//! The explicit records, kept in dnsd's sled tree and mirrored in memory for queries.
+//!
+//! One sled key per record, `record\0<name>\0<TYPE>\0<value>`, holding the bincode form
+//! of its [`RecordSpec`]; the zone's SOA serial sits under its own key and moves with
+//! every change. Writers are serialised, apply one atomic batch, flush it to disk, and
+//! only then update the in-memory index that queries read, so an acknowledged change is
+//! durable and visible at once.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+
+use hickory_proto::rr::{LowerName, RData};
+
+use crate::record_spec::{InvalidArgument, RecordKind, RecordSpec, ZoneNames, owner_name};
+
+/// Prefix of every record key.
+const RECORD_PREFIX: &[u8] = b"record\0";
+/// Key of the zone's SOA serial (big-endian u32).
+const SERIAL_KEY: &[u8] = b"zone-serial";
+/// The serial of a zone nobody has changed yet.
+const FIRST_SERIAL: u32 = 1;
+
+/// Why the store refused or failed a change.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The change contradicts records already set (a CNAME next to other data).
+    #[error("{0}")]
+    Conflict(String),
+    /// sled failed.
+    #[error("record store: {0}")]
+    Sled(#[from] sled::Error),
+    /// A record could not be encoded.
+    #[error("encoding a record: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+    /// A stored record is no longer valid.
+    #[error("stored record: {0}")]
+    Invalid(#[from] InvalidArgument),
+}
+
+/// One explicit record as queries use it.
+#[derive(Debug, Clone)]
+pub struct ExplicitRecord {
+    /// The type.
+    pub kind: RecordKind,
+    /// Seconds; 0 follows the configured default.
+    pub ttl: u32,
+    /// The data to serve.
+    pub rdata: RData,
+}
+
+/// The explicit records of the local zone.
+pub struct RecordStore {
+    db: sled::Db,
+    /// Serialises writers so that sled and the index change together.
+    writer: Mutex<()>,
+    index: RwLock<Index>,
+}
+
+#[derive(Default)]
+struct Index {
+    by_name: HashMap<LowerName, Vec<Entry>>,
+    serial: u32,
+}
+
+#[derive(Clone)]
+struct Entry {
+    spec: RecordSpec,
+    rdata: RData,
+}
+
+impl RecordStore {
+    /// Loads every record of `db` that is valid under `names`. Records that are not
+    /// (the TLD changed since they were set, or the entry is damaged) are logged and left
+    /// in the tree, unserved.
+    pub fn open(db: sled::Db, names: &ZoneNames) -> Result<Self, StoreError> {
+        let mut index = Index {
+            serial: read_serial(&db)?.unwrap_or(FIRST_SERIAL),
+            ..Index::default()
+        };
+        for item in db.scan_prefix(RECORD_PREFIX) {
+            let (key, value) = item?;
+            match decode(&value).and_then(|spec| revalidate(names, spec)) {
+                Ok(entry) => index.insert(entry),
+                Err(reason) => tracing::warn!(
+                    key = %String::from_utf8_lossy(&key).replace('\0', " "),
+                    %reason,
+                    "stored record ignored"
+                ),
+            }
+        }
+        Ok(Self {
+            db,
+            writer: Mutex::new(()),
+            index: RwLock::new(index),
+        })
+    }
+
+    /// Adds `spec`, replacing a record of the same name, type and value. A CNAME replaces
+    /// the name's previous CNAME; a CNAME and other data cannot share a name (RFC 1034
+    /// section 3.6.2). Returns once the change is on disk.
+    pub fn set(&self, spec: RecordSpec) -> Result<(), StoreError> {
+        let entry = Entry {
+            rdata: spec.rdata()?,
+            spec,
+        };
+        let owner = entry.spec.owner()?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let existing = self.read_index().records_of(&owner);
+        let replaced: Vec<&RecordSpec> = match entry.spec.kind {
+            RecordKind::Cname => {
+                if let Some(other) = existing.iter().find(|e| e.kind != RecordKind::Cname) {
+                    return Err(StoreError::Conflict(format!(
+                        "{} already has {} records; a CNAME cannot share a name with other data \
+                         (unset them first)",
+                        entry.spec.name,
+                        other.kind.as_str()
+                    )));
+                }
+                existing.iter().collect()
+            }
+            _ => {
+                if existing.iter().any(|e| e.kind == RecordKind::Cname) {
+                    return Err(StoreError::Conflict(format!(
+                        "{} is a CNAME; other records cannot share its name (unset the CNAME first)",
+                        entry.spec.name
+                    )));
+                }
+                existing
+                    .iter()
+                    .filter(|e| e.kind == entry.spec.kind && e.value == entry.spec.value)
+                    .collect()
+            }
+        };
+        let mut batch = sled::Batch::default();
+        for old in &replaced {
+            batch.remove(record_key(old));
+        }
+        batch.insert(record_key(&entry.spec), encode(&entry.spec)?);
+        let serial = self.commit(batch)?;
+
+        let mut index = self.write_index();
+        index.remove(&owner, |e| replaced.iter().any(|old| **old == e.spec));
+        index.insert(entry);
+        index.serial = serial;
+        Ok(())
+    }
+
+    /// Removes the records of `name` (canonical form) of one type, or of every type.
+    /// Returns how many were removed; once the change is on disk.
+    pub fn unset(&self, name: &str, kind: Option<RecordKind>) -> Result<u32, StoreError> {
+        let owner = owner_name(name)?;
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let removed: Vec<RecordSpec> = self
+            .read_index()
+            .records_of(&owner)
+            .into_iter()
+            .filter(|spec| kind.is_none_or(|k| spec.kind == k))
+            .collect();
+        if removed.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        for spec in &removed {
+            batch.remove(record_key(spec));
+        }
+        let serial = self.commit(batch)?;
+
+        let mut index = self.write_index();
+        index.remove(&owner, |e| removed.contains(&e.spec));
+        index.serial = serial;
+        Ok(u32::try_from(removed.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Every served record, ordered by name, type and value.
+    pub fn list(&self) -> Vec<RecordSpec> {
+        let mut all: Vec<RecordSpec> = self
+            .read_index()
+            .by_name
+            .values()
+            .flatten()
+            .map(|e| e.spec.clone())
+            .collect();
+        all.sort_by(|a, b| (&a.name, a.kind, &a.value).cmp(&(&b.name, b.kind, &b.value)));
+        all
+    }
+
+    /// How many records are served.
+    pub fn len(&self) -> usize {
+        self.read_index().by_name.values().map(Vec::len).sum()
+    }
+
+    /// The records of `name`, or `None` when it has no explicit records.
+    pub fn lookup(&self, name: &LowerName) -> Option<Vec<ExplicitRecord>> {
+        self.read_index().by_name.get(name).map(|entries| {
+            entries
+                .iter()
+                .map(|e| ExplicitRecord {
+                    kind: e.spec.kind,
+                    ttl: e.spec.ttl,
+                    rdata: e.rdata.clone(),
+                })
+                .collect()
+        })
+    }
+
+    /// The zone's SOA serial; it changes with every record change.
+    pub fn serial(&self) -> u32 {
+        self.read_index().serial
+    }
+
+    /// Writes everything to disk (on shutdown).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Applies `batch` with the next serial and flushes; returns that serial.
+    fn commit(&self, mut batch: sled::Batch) -> Result<u32, StoreError> {
+        let serial = next_serial(self.read_index().serial);
+        batch.insert(SERIAL_KEY, &serial.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(serial)
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_index(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Index {
+    fn insert(&mut self, entry: Entry) {
+        let Ok(owner) = entry.spec.owner() else {
+            return;
+        };
+        let entries = self.by_name.entry(owner).or_default();
+        entries.push(entry);
+        entries.sort_by(|a, b| (a.spec.kind, &a.spec.value).cmp(&(b.spec.kind, &b.spec.value)));
+    }
+
+    fn remove(&mut self, owner: &LowerName, matches: impl Fn(&Entry) -> bool) {
+        if let Some(entries) = self.by_name.get_mut(owner) {
+            entries.retain(|e| !matches(e));
+            if entries.is_empty() {
+                self.by_name.remove(owner);
+            }
+        }
+    }
+
+    fn records_of(&self, owner: &LowerName) -> Vec<RecordSpec> {
+        self.by_name
+            .get(owner)
+            .map(|entries| entries.iter().map(|e| e.spec.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The next SOA serial (RFC 1982 arithmetic wraps; 0 is skipped to stay recognisable).
+fn next_serial(serial: u32) -> u32 {
+    match serial.wrapping_add(1) {
+        0 => 1,
+        next => next,
+    }
+}
+
+fn read_serial(db: &sled::Db) -> Result<Option<u32>, StoreError> {
+    Ok(db
+        .get(SERIAL_KEY)?
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_ref()).ok())
+        .map(u32::from_be_bytes))
+}
+
+fn record_key(spec: &RecordSpec) -> Vec<u8> {
+    let mut key = RECORD_PREFIX.to_vec();
+    key.extend_from_slice(spec.name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(spec.kind.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(spec.value.as_bytes());
+    key
+}
+
+fn encode(spec: &RecordSpec) -> Result<Vec<u8>, StoreError> {
+    Ok(bincode::serde::encode_to_vec(
+        spec,
+        bincode::config::standard(),
+    )?)
+}
+
+fn decode(bytes: &[u8]) -> Result<RecordSpec, String> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(spec, _)| spec)
+        .map_err(|e| format!("undecodable: {e}"))
+}
+
+/// Checks a stored record against the current settings and prepares it for serving.
+fn revalidate(names: &ZoneNames, stored: RecordSpec) -> Result<Entry, String> {
+    let spec = RecordSpec::parse(
+        names,
+        &stored.name,
+        stored.kind.as_str(),
+        &stored.value,
+        stored.ttl,
+    )
+    .map_err(|e| e.to_string())?;
+    let rdata = spec.rdata().map_err(|e| e.to_string())?;
+    Ok(Entry { spec, rdata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, kind: &str, value: &str) -> RecordSpec {
+        RecordSpec::parse(&ZoneNames::new("test"), name, kind, value, 0).unwrap()
+    }
+
+    fn owner(name: &str) -> LowerName {
+        LowerName::from(hickory_proto::rr::Name::from_ascii(name).unwrap())
+    }
+
+    /// Opens like the daemon does: retrying while sled's threads still let go of a
+    /// tree dropped a moment ago.
+    fn open_db(dir: &std::path::Path) -> sled::Db {
+        securely_core::store::open_tree(dir, securely_core::store::OPEN_DEADLINE).unwrap()
+    }
+
+    fn open(dir: &std::path::Path) -> RecordStore {
+        RecordStore::open(open_db(dir), &ZoneNames::new("test")).unwrap()
+    }
+
+    #[test]
+    fn records_survive_reopening_and_serial_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_serial;
+        {
+            let store = open(dir.path());
+            first_serial = store.serial();
+            store.set(spec("api.test", "A", "10.0.0.1")).unwrap();
+            store.set(spec("api.test", "A", "10.0.0.2")).unwrap();
+            store.set(spec("api.test", "A", "10.0.0.2")).unwrap();
+            store.set(spec("txt.test", "TXT", "hello")).unwrap();
+            assert_eq!(store.len(), 3);
+            assert!(store.serial() > first_serial);
+        }
+        let store = open(dir.path());
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.lookup(&owner("API.test.")).unwrap().len(), 2);
+        assert_eq!(store.serial(), first_serial + 4);
+        assert_eq!(store.unset("api.test", Some(RecordKind::A)).unwrap(), 2);
+        assert!(store.lookup(&owner("api.test.")).is_none());
+        assert_eq!(store.unset("nothing.test", None).unwrap(), 0);
+    }
+
+    #[test]
+    fn cname_excludes_other_data_and_replaces_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.set(spec("a.test", "A", "10.0.0.1")).unwrap();
+        assert!(matches!(
+            store.set(spec("a.test", "CNAME", "b.test")),
+            Err(StoreError::Conflict(_))
+        ));
+        store.set(spec("c.test", "CNAME", "b.test")).unwrap();
+        store.set(spec("c.test", "CNAME", "d.test")).unwrap();
+        let list = store.list();
+        let c: Vec<_> = list.iter().filter(|s| s.name == "c.test").collect();
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].value, "d.test");
+        assert!(matches!(
+            store.set(spec("c.test", "TXT", "x")),
+            Err(StoreError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn records_outside_a_new_tld_are_kept_but_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.set(spec("api.test", "A", "10.0.0.1")).unwrap();
+        }
+        let store = RecordStore::open(open_db(dir.path()), &ZoneNames::new("dev")).unwrap();
+        assert_eq!(store.len(), 0);
+        drop(store);
+        assert_eq!(open(dir.path()).len(), 1);
+    }
+}
