@@ -1,7 +1,6 @@
 //! Real DNS packets over UDP and TCP, built and parsed with hickory-proto.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, Query};
@@ -15,7 +14,7 @@ pub fn query(name: &str, rtype: RecordType) -> Message {
     let mut message = Message::query();
     message.metadata.recursion_desired = true;
     message.add_query(Query::query(
-        Name::from_str(name).expect("query name"),
+        Name::from_ascii(name).expect("query name"),
         rtype,
     ));
     message
