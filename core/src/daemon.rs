@@ -76,6 +76,15 @@ impl Daemon {
     /// Parses `[-c FILE]`, loads settings, starts logging and takes the inherited fds.
     /// Call first thing in `main`, before any thread starts.
     pub fn start(name: &'static str) -> Result<Self, StartError> {
+        Self::start_with_log_filter(name, crate::logging::DEFAULT_FILTER)
+    }
+
+    /// [`Daemon::start`] with another default log filter (for libraries that are chatty
+    /// at `info`).
+    pub fn start_with_log_filter(
+        name: &'static str,
+        default_filter: &str,
+    ) -> Result<Self, StartError> {
         let config = parse_args(name)?;
         let settings = match config {
             Some(path) => Settings::load(&path)?,
@@ -89,6 +98,7 @@ impl Daemon {
         crate::logging::init(
             &crate::daemon_binary_name(name),
             settings.error_log.as_deref(),
+            default_filter,
         );
         let fds = InheritedFds::from_env()?;
         let notifier = Arc::new(Notifier::from_env());
@@ -115,6 +125,12 @@ impl Daemon {
             Some(fd) => Ok(UnixListener::from(fd)),
             None => {
                 let path = self.socket_path();
+                crate::paths::create_runtime_dir(&self.settings.runtime_dir()).map_err(
+                    |source| StartError::Socket {
+                        what: format!("creating {}", self.settings.runtime_dir().display()),
+                        source,
+                    },
+                )?;
                 bind::unix(&path).map_err(|source| StartError::Socket {
                     what: format!("binding {}", path.display()),
                     source,

@@ -9,8 +9,10 @@
 pub mod bind;
 pub mod control;
 pub mod daemon;
+pub mod drain;
 pub mod listen_fds;
 pub mod logging;
+pub mod names;
 pub mod paths;
 pub mod readiness;
 pub mod rpc;

@@ -19,10 +19,16 @@ use tracing_subscriber::{EnvFilter, Layer};
 /// The variable holding the log filter.
 pub const LOG_FILTER_ENV: &str = "SECURELY_LOG";
 
-/// Installs the global subscriber for process `name`. Later calls do nothing.
-pub fn init(name: &str, error_log: Option<&Path>) {
-    let filter =
-        || EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new("info"));
+/// The filter when `SECURELY_LOG` is not set.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// Installs the global subscriber for process `name`, filtering by `SECURELY_LOG` or else
+/// `default_filter` (an env-filter directive such as `info,hickory_server=warn`). Later
+/// calls do nothing.
+pub fn init(name: &str, error_log: Option<&Path>, default_filter: &str) {
+    let filter = || {
+        EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter))
+    };
     if std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journald) = tracing_journald::layer()
     {

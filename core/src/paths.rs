@@ -53,3 +53,16 @@ pub const CONTROL_SOCKET: &str = "control.sock";
 pub fn daemon_socket_name(daemon: &str) -> String {
     format!("{daemon}.sock")
 }
+
+/// Mode of the runtime directory: the securely group may reach the sockets.
+pub const RUNTIME_DIR_MODE: u32 = 0o750;
+
+/// Creates the runtime directory (and its parents) with [`RUNTIME_DIR_MODE`].
+pub fn create_runtime_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(RUNTIME_DIR_MODE)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(RUNTIME_DIR_MODE))
+}

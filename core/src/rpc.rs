@@ -4,13 +4,22 @@
 use std::future::Future;
 use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::Routes;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Status};
+
+use crate::drain::InFlight;
 
 /// How long a client waits to connect; a daemon that restarts keeps its socket (the
 /// supervisor holds it), so a connection waits in the backlog meanwhile.
@@ -30,11 +39,94 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// After a stop, how long connections left without a call get to close cleanly before
+/// they are cut (an idle client that never answers HTTP/2's closing ping would otherwise
+/// hold the server open).
+pub const IDLE_CLOSE_GRACE: Duration = Duration::from_millis(200);
+
+/// A gRPC server running on its own task, counting its calls so that a graceful stop
+/// waits for the calls in flight and not a moment longer.
+#[derive(Debug)]
+pub struct RpcServer {
+    task: JoinHandle<Result<(), ServeError>>,
+    stop: Option<oneshot::Sender<()>>,
+    calls: Arc<InFlight>,
+}
+
+impl RpcServer {
+    /// Starts serving `routes` (plus health and reflection) on `listener`.
+    pub fn start(listener: StdUnixListener, routes: Routes) -> Self {
+        let calls = InFlight::new();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_counted(listener, routes, calls.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            task,
+            stop: Some(stop),
+            calls,
+        }
+    }
+
+    /// Calls being answered now.
+    pub fn calls_in_flight(&self) -> usize {
+        self.calls.count()
+    }
+
+    /// Resolves if the server ends by itself (an error: it should run until stopped).
+    pub async fn ended(&mut self) -> String {
+        match (&mut self.task).await {
+            Ok(Ok(())) => "the gRPC server ended on its own".into(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the gRPC server task failed: {e}"),
+        }
+    }
+
+    /// Stops accepting, lets the calls in flight finish (until `deadline`), then closes
+    /// the connections that are left.
+    pub async fn stop(mut self, deadline: Instant) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let calls_done = async {
+            self.calls.idle().await;
+            tokio::time::sleep(IDLE_CLOSE_GRACE).await;
+        };
+        tokio::select! {
+            ended = &mut self.task => {
+                if let Ok(Err(e)) = ended {
+                    tracing::warn!("gRPC server stopped with an error: {e}");
+                }
+            }
+            () = calls_done => self.task.abort(),
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(calls = self.calls.count(), "grace period over; cutting gRPC calls short");
+                self.task.abort();
+            }
+        }
+    }
+
+    /// Stops at once, cutting calls in flight.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+}
+
 /// Serves `routes` plus `grpc.health.v1.Health` and reflection on an (inherited or
 /// freshly bound) Unix listener until `shutdown` resolves; in-flight calls then finish.
+/// Prefer [`RpcServer`], which bounds the stop.
 pub async fn serve(
     listener: StdUnixListener,
     routes: Routes,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    serve_counted(listener, routes, InFlight::new(), shutdown).await
+}
+
+async fn serve_counted(
+    listener: StdUnixListener,
+    routes: Routes,
+    calls: Arc<InFlight>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     listener.set_nonblocking(true)?;
@@ -46,10 +138,59 @@ pub async fn serve(
         .build_v1()?;
     let routes = routes.add_service(health).add_service(reflection);
     Server::builder()
+        .layer(CountCalls { calls })
         .add_routes(routes)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
+}
+
+/// A tower layer counting the calls being answered.
+#[derive(Debug, Clone)]
+struct CountCalls {
+    calls: Arc<InFlight>,
+}
+
+impl<S> tower::Layer<S> for CountCalls {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Counted {
+            inner,
+            calls: self.calls.clone(),
+        }
+    }
+}
+
+/// A service whose calls are counted in flight until their response is ready.
+#[derive(Debug, Clone)]
+struct Counted<S> {
+    inner: S,
+    calls: Arc<InFlight>,
+}
+
+impl<S, R> tower::Service<R> for Counted<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let guard = self.calls.enter();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            drop(guard);
+            response
+        })
+    }
 }
 
 /// Connects to the gRPC server on a Unix socket.

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::names::is_dns_label;
 use crate::paths;
 
 /// The environment variable through which the supervisor hands its resolved settings
@@ -259,6 +260,7 @@ impl Settings {
         self.upgrade_sock
             .get_or_insert_with(|| runtime_dir.join("upgrade.sock"));
         self.runtime_dir = Some(runtime_dir);
+        self.dns.tld = crate::names::normalize_tld(&self.dns.tld);
         self
     }
 
@@ -501,12 +503,20 @@ impl Settings {
                 ));
             }
         }
+        let listen = self.dns_listen();
         for (i, upstream) in self.dns.upstreams.iter().enumerate() {
-            if parse_upstream(upstream).is_none() {
-                errors.push(SettingsError::new(
+            match parse_upstream(upstream) {
+                None => errors.push(SettingsError::new(
                     format!("dns.upstreams[{i}]"),
                     format!("{upstream:?} is not an IP address or IP:PORT"),
-                ));
+                )),
+                Some(up) if listen.iter().any(|own| reaches(*own, up)) => {
+                    errors.push(SettingsError::new(
+                        format!("dns.upstreams[{i}]"),
+                        format!("{upstream} is dnsd itself (dns.listen): queries would loop"),
+                    ))
+                }
+                Some(_) => {}
             }
         }
         if self.dns.ttl > 86_400 {
@@ -559,23 +569,20 @@ pub fn parse_upstream(text: &str) -> Option<SocketAddr> {
     text.parse::<SocketAddr>().ok().filter(|a| a.port() != 0)
 }
 
+/// Whether a query sent to `upstream` would arrive at a socket listening on `own`.
+fn reaches(own: SocketAddr, upstream: SocketAddr) -> bool {
+    own.port() == upstream.port()
+        && (own.ip() == upstream.ip()
+            || (own.ip().is_unspecified() && own.is_ipv4() == upstream.is_ipv4())
+            || (own.ip().is_loopback() && upstream.ip().is_loopback()))
+}
+
 /// Two TCP listeners clash when their ports match and one address covers the other.
 fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
             || (a.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4())
             || (b.ip().is_unspecified() && a.is_ipv4() == b.is_ipv4()))
-}
-
-/// A DNS label as hostnames use it: letters, digits and inner hyphens, 1 to 63 bytes.
-pub fn is_dns_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-')
 }
 
 #[cfg(test)]
@@ -635,6 +642,16 @@ mod tests {
         let errors = settings.unwrap().validate().unwrap_err();
         assert_eq!(errors[0].key, "dns.listen[0]");
         assert!(errors[0].problem.contains("clashes with proxy.listen[0]"));
+    }
+
+    #[test]
+    fn an_upstream_that_is_dnsd_itself_is_rejected() {
+        let (settings, _) = parse(
+            "dns:\n  listen: [\"127.0.0.1:5353\"]\n  upstreams: [\"1.1.1.1\", \"127.0.0.2:5353\"]\n",
+        );
+        let errors = settings.unwrap().validate().unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].key, "dns.upstreams[1]");
     }
 
     #[test]

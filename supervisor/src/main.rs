@@ -26,8 +26,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use securely_core::paths;
 use securely_core::readiness::{Notice, Notifier};
-use securely_core::rpc::Access;
+use securely_core::rpc::{Access, RpcServer};
 use securely_core::settings::Settings;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tonic::service::Routes;
@@ -41,8 +42,10 @@ use crate::stack::Stack;
 
 /// How long start-up may take before `-d` gives up and reports failure.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Mode of the runtime directory: the securely group may reach the sockets.
-const RUNTIME_DIR_MODE: u32 = 0o750;
+/// How long status calls in flight get when the supervisor exits.
+const CONTROL_STOP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Mode of a data directory the supervisor creates.
+const DATA_DIR_MODE: u32 = 0o750;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -96,7 +99,11 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
         StartupReport::default()
     };
 
-    securely_core::logging::init("securely", settings.error_log.as_deref());
+    securely_core::logging::init(
+        "securely",
+        settings.error_log.as_deref(),
+        securely_core::logging::DEFAULT_FILTER,
+    );
     let pid_path = settings
         .pid_file
         .clone()
@@ -130,19 +137,14 @@ fn load_settings(path: Option<&Path>) -> anyhow::Result<(Settings, String)> {
 }
 
 fn prepare_dirs(runtime_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    for (key, dir) in [("runtime_dir", runtime_dir), ("data_dir", data_dir)] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(RUNTIME_DIR_MODE)
-            .create(dir)
-            .with_context(|| format!("{key}: creating {}", dir.display()))?;
-    }
-    std::fs::set_permissions(
-        runtime_dir,
-        std::fs::Permissions::from_mode(RUNTIME_DIR_MODE),
-    )
-    .with_context(|| format!("runtime_dir: setting the mode of {}", runtime_dir.display()))
+    use std::os::unix::fs::DirBuilderExt;
+    paths::create_runtime_dir(runtime_dir)
+        .with_context(|| format!("runtime_dir: creating {}", runtime_dir.display()))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DATA_DIR_MODE)
+        .create(data_dir)
+        .with_context(|| format!("data_dir: creating {}", data_dir.display()))
 }
 
 /// Phase: serve, then stop and clean up.
@@ -173,14 +175,7 @@ async fn serve(
         Access::new(settings.user.as_deref()),
         control_path.display().to_string(),
     );
-    let (control_stop_tx, control_stop) = tokio::sync::oneshot::channel::<()>();
-    let control_server = tokio::spawn(securely_core::rpc::serve(
-        control,
-        Routes::new(service.into_server()),
-        async {
-            let _ = control_stop.await;
-        },
-    ));
+    let control_server = RpcServer::start(control, Routes::new(service.into_server()));
 
     // Wait for every daemon, unless asked to stop first.
     let startup = tokio::select! {
@@ -218,10 +213,9 @@ async fn serve(
     }
 
     // Clean up.
-    let _ = control_stop_tx.send(());
-    if let Ok(Err(e)) = control_server.await {
-        tracing::warn!("control server: {e}");
-    }
+    control_server
+        .stop(tokio::time::Instant::now() + CONTROL_STOP_TIMEOUT)
+        .await;
     for path in socket_paths {
         let _ = std::fs::remove_file(path);
     }
