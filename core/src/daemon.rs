@@ -34,12 +34,12 @@ pub enum StartError {
     #[error(transparent)]
     Fds(#[from] ListenFdsError),
     /// A socket could not be bound (standalone) or used.
-    #[error("{what}: {source}")]
+    #[error("{what}: {reason}")]
     Socket {
         /// Which socket.
         what: String,
         /// The reason.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The sled tree could not be opened.
     #[error(transparent)]
@@ -126,14 +126,14 @@ impl Daemon {
             None => {
                 let path = self.socket_path();
                 crate::paths::create_runtime_dir(&self.settings.runtime_dir()).map_err(
-                    |source| StartError::Socket {
+                    |reason| StartError::Socket {
                         what: format!("creating {}", self.settings.runtime_dir().display()),
-                        source,
+                        reason,
                     },
                 )?;
-                bind::unix(&path).map_err(|source| StartError::Socket {
+                bind::unix(&path).map_err(|reason| StartError::Socket {
                     what: format!("binding {}", path.display()),
-                    source,
+                    reason,
                 })
             }
         }

@@ -42,12 +42,12 @@ impl SettingsError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The reason.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The text is not valid YAML or does not fit the settings' types.
     #[error("{origin}: {message}")]
@@ -238,9 +238,9 @@ impl Settings {
 
     /// Reads and parses a settings file, warning about unknown keys through `tracing`.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| LoadError::Read {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         Self::from_yaml(&text, &path.display().to_string(), |key| {
             tracing::warn!(key, file = %path.display(), "unknown settings key ignored");

@@ -16,29 +16,29 @@ const OPEN_RETRY_INTERVAL: Duration = Duration::from_millis(1);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The directory could not be created.
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}: {reason}")]
     CreateDir {
         /// The tree's directory.
         path: String,
         /// The reason.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// sled refused.
-    #[error("cannot open sled tree {path}: {source}")]
+    #[error("cannot open sled tree {path}: {reason}")]
     Open {
         /// The tree's directory.
         path: String,
         /// The reason.
-        source: sled::Error,
+        reason: sled::Error,
     },
 }
 
 /// Opens (creating if needed) the sled tree at `path`, retrying while another process
 /// still holds it, for at most `deadline`.
 pub fn open_tree(path: &Path, deadline: Duration) -> Result<sled::Db, StoreError> {
-    std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
+    std::fs::create_dir_all(path).map_err(|reason| StoreError::CreateDir {
         path: path.display().to_string(),
-        source,
+        reason,
     })?;
     let give_up = Instant::now() + deadline;
     loop {
@@ -47,10 +47,10 @@ pub fn open_tree(path: &Path, deadline: Duration) -> Result<sled::Db, StoreError
             Err(e) if is_held_elsewhere(&e) && Instant::now() < give_up => {
                 std::thread::sleep(OPEN_RETRY_INTERVAL);
             }
-            Err(source) => {
+            Err(reason) => {
                 return Err(StoreError::Open {
                     path: path.display().to_string(),
-                    source,
+                    reason,
                 });
             }
         }

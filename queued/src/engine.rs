@@ -1,0 +1,377 @@
+//! The queue's operations as the RPCs and the reaper use them: the store behind one lock,
+//! durability through the committer, and waits for jobs.
+//!
+//! Mutations run under one `std` mutex (they are short, never await, and never flush);
+//! callers that promise durability then wait for the committer outside the lock, so a
+//! batch of concurrent pushes shares one flush.
+//!
+//! Durability per operation: Push, Ack and Fail answer after their write is durable.
+//! Reserve and the reaper's moves are not waited for (sled's background flusher writes
+//! them within half a second): losing one in a crash only hands a job out again, which an
+//! at-least-once queue allows.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use securely_core::shutdown::Shutdown;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backoff::Backoff;
+use crate::commit::{CommitError, CommitHandle};
+use crate::store::{
+    FailOutcome, FailedList, NewJob, QueueStats, Reservation, ReservedJob, Store, StoreError,
+};
+use crate::wakeups::Wakeups;
+
+/// Expired reservations handled per lock acquisition.
+pub const REAP_BATCH: usize = 512;
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The write could not be made durable.
+    #[error("the write could not be made durable: {0}")]
+    Commit(#[from] CommitError),
+    /// Nothing to reserve within the wait.
+    #[error("queue {0} is empty")]
+    Empty(String),
+    /// The daemon is draining or has closed its store.
+    #[error("queued is shutting down")]
+    ShuttingDown,
+}
+
+/// The current time as Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the lock guards.
+#[derive(Debug)]
+struct State {
+    /// `None` once closed.
+    store: Option<Store>,
+    /// When the reaper next wakes, Unix ms (`u64::MAX`: no reservation pending).
+    next_reap_at_ms: u64,
+    /// The latest time handed to the store: the store's clock never goes back, so jobs
+    /// pushed one after the other keep their order even if the wall clock is stepped.
+    clock_ms: u64,
+}
+
+impl State {
+    /// Now, never earlier than any time used before.
+    fn now_ms(&mut self) -> u64 {
+        self.clock_ms = self.clock_ms.max(now_ms());
+        self.clock_ms
+    }
+}
+
+/// The result of one reaper pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReapPass {
+    /// More expired reservations wait: run another pass at once.
+    pub more: bool,
+    /// The earliest remaining deadline, Unix ms.
+    pub next_deadline_ms: Option<u64>,
+}
+
+/// The queue's shared state.
+#[derive(Debug)]
+pub struct Engine {
+    state: Mutex<State>,
+    committer: CommitHandle,
+    wakeups: Wakeups,
+    reaper_wake: Notify,
+    backoff: Backoff,
+    shutdown: Shutdown,
+}
+
+impl Engine {
+    /// An engine over `store`; Reserve waits end when `shutdown` is requested.
+    pub fn new(
+        store: Store,
+        committer: CommitHandle,
+        backoff: Backoff,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            state: Mutex::new(State {
+                store: Some(store),
+                next_reap_at_ms: 0,
+                clock_ms: 0,
+            }),
+            committer,
+            wakeups: Wakeups::default(),
+            reaper_wake: Notify::new(),
+            backoff,
+            shutdown,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the store (under the lock) with the store's clock.
+    fn with_store<T>(
+        &self,
+        f: impl FnOnce(&Store, u64) -> Result<T, StoreError>,
+    ) -> Result<T, EngineError> {
+        let mut state = self.state();
+        let now = state.now_ms();
+        let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
+        Ok(f(store, now)?)
+    }
+
+    /// Enqueues a job; returns its id once it is durable.
+    pub async fn push(
+        &self,
+        queue: &str,
+        payload: &[u8],
+        delay_ms: u64,
+        max_tries: u32,
+    ) -> Result<u64, EngineError> {
+        let id = self.with_store(|store, now| {
+            let job = NewJob {
+                queue,
+                payload,
+                available_at_ms: now.saturating_add(delay_ms),
+                max_tries,
+            };
+            store.push(job, now)
+        })?;
+        self.wakeups.wake(queue);
+        self.committer.durable().await?;
+        Ok(id)
+    }
+
+    /// Reserves the oldest available job of `queue` for `timeout_ms`, waiting up to
+    /// `wait` for one to become available.
+    pub async fn reserve(
+        &self,
+        queue: &str,
+        timeout_ms: u64,
+        wait: Duration,
+    ) -> Result<ReservedJob, EngineError> {
+        let give_up = Instant::now() + wait;
+        if wait.is_zero() {
+            return match self.try_reserve(queue, timeout_ms)? {
+                Reservation::Reserved(job) => Ok(job),
+                Reservation::Empty { .. } => Err(EngineError::Empty(queue.to_string())),
+            };
+        }
+        let subscription = self.wakeups.subscribe(queue);
+        loop {
+            let notified = subscription.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next_available = match self.try_reserve(queue, timeout_ms)? {
+                Reservation::Reserved(job) => return Ok(job),
+                Reservation::Empty {
+                    next_available_at_ms,
+                } => next_available_at_ms,
+            };
+            let now = Instant::now();
+            if now >= give_up {
+                return Err(EngineError::Empty(queue.to_string()));
+            }
+            let wake_at = match next_available {
+                // One extra millisecond: the job is available once the clock has passed it.
+                Some(at_ms) => {
+                    let until = Duration::from_millis(at_ms.saturating_sub(now_ms()) + 1);
+                    give_up.min(now + until)
+                }
+                None => give_up,
+            };
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+                _ = self.shutdown.wait() => return Err(EngineError::ShuttingDown),
+            }
+        }
+    }
+
+    fn try_reserve(&self, queue: &str, timeout_ms: u64) -> Result<Reservation, EngineError> {
+        let mut state = self.state();
+        let now = state.now_ms();
+        let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
+        let reservation = store.reserve(queue, now, timeout_ms)?;
+        if let Reservation::Reserved(job) = &reservation
+            && job.reserved_until_ms < state.next_reap_at_ms
+        {
+            state.next_reap_at_ms = job.reserved_until_ms;
+            self.reaper_wake.notify_one();
+        }
+        Ok(reservation)
+    }
+
+    /// Removes a reserved job; answers once that is durable.
+    pub async fn ack(&self, id: u64) -> Result<(), EngineError> {
+        self.with_store(|store, _| store.ack(id))?;
+        self.committer.durable().await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt; answers once that is durable.
+    pub async fn fail(&self, id: u64, error: &str) -> Result<FailOutcome, EngineError> {
+        let outcome = self.with_store(|store, now| store.fail(id, error, now, &self.backoff))?;
+        if let FailOutcome::Retry { queue, .. } = &outcome {
+            self.wakeups.wake(queue);
+        }
+        self.committer.durable().await?;
+        Ok(outcome)
+    }
+
+    /// The failed list of `queue` (or all), up to about `max_bytes`.
+    pub fn list_failed(
+        &self,
+        queue: Option<&str>,
+        max_bytes: usize,
+    ) -> Result<FailedList, EngineError> {
+        self.with_store(|store, _| store.list_failed(queue, max_bytes))
+    }
+
+    /// Every queue's figures.
+    pub fn stats(&self) -> Result<Vec<QueueStats>, EngineError> {
+        self.with_store(|store, now| store.stats(now))
+    }
+
+    /// Handles reservations expired by now (at most [`REAP_BATCH`]) and tells when the
+    /// next one expires.
+    pub fn reap(&self) -> Result<ReapPass, EngineError> {
+        let (reaped, next_deadline_ms) = {
+            let mut state = self.state();
+            let now = state.now_ms();
+            let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
+            let reaped = store.reap(now, REAP_BATCH)?;
+            let next = store.next_deadline()?;
+            state.next_reap_at_ms = next.unwrap_or(u64::MAX);
+            (reaped, next)
+        };
+        for queue in &reaped.returned_to {
+            self.wakeups.wake(queue);
+        }
+        if reaped.returned + reaped.failed > 0 {
+            tracing::info!(
+                returned = reaped.returned,
+                failed = reaped.failed,
+                "expired reservations handled"
+            );
+        }
+        Ok(ReapPass {
+            more: reaped.more,
+            next_deadline_ms,
+        })
+    }
+
+    /// Completes when a reservation may expire before the reaper's planned wake-up.
+    pub async fn reaper_woken(&self) {
+        self.reaper_wake.notified().await;
+    }
+
+    /// Flushes and drops the store: every later operation fails with
+    /// [`EngineError::ShuttingDown`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        let store = self.state().store.take();
+        match store {
+            Some(store) => store.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::Committer;
+
+    struct Fixture {
+        engine: std::sync::Arc<Engine>,
+        committer: Committer,
+        shutdown: Shutdown,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let committer = Committer::start(db.clone(), None).unwrap();
+        let shutdown = Shutdown::new();
+        let engine = Engine::new(
+            Store::open(db).unwrap(),
+            committer.handle(),
+            Backoff::new(0, 0),
+            shutdown.clone(),
+        );
+        Fixture {
+            engine: std::sync::Arc::new(engine),
+            committer,
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_reserve_gets_a_job_pushed_meanwhile() {
+        let f = fixture();
+        let engine = f.engine.clone();
+        let waiter =
+            tokio::spawn(async move { engine.reserve("q", 60_000, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let id = f.engine.push("q", b"late", 0, 1).await.unwrap();
+        let job = waiter.await.unwrap().unwrap();
+        assert_eq!((job.id, job.payload.as_slice()), (id, &b"late"[..]));
+        f.committer.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_waiting_reserve_ends_at_shutdown_and_after_close_all_fail() {
+        let f = fixture();
+        let engine = f.engine.clone();
+        let waiter =
+            tokio::spawn(async move { engine.reserve("q", 60_000, Duration::from_secs(60)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        f.shutdown
+            .request(securely_core::shutdown::ShutdownKind::Graceful);
+        let result = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("the wait ended promptly")
+            .unwrap();
+        assert!(matches!(result, Err(EngineError::ShuttingDown)));
+        f.engine.close().unwrap();
+        assert!(matches!(
+            f.engine.push("q", b"x", 0, 1).await,
+            Err(EngineError::ShuttingDown)
+        ));
+        f.committer.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reserving_plans_the_reaper_for_the_earliest_deadline() {
+        let f = fixture();
+        f.engine.push("q", b"a", 0, 1).await.unwrap();
+        assert_eq!(
+            f.engine.reap().unwrap(),
+            ReapPass {
+                more: false,
+                next_deadline_ms: None
+            }
+        );
+        let job = f.engine.reserve("q", 10_000, Duration::ZERO).await.unwrap();
+        // The reserve noticed its deadline is earlier than the reaper's plan.
+        tokio::time::timeout(Duration::from_secs(1), f.engine.reaper_woken())
+            .await
+            .expect("the reaper was woken");
+        assert_eq!(
+            f.engine.reap().unwrap().next_deadline_ms,
+            Some(job.reserved_until_ms)
+        );
+        f.committer.stop().await;
+    }
+}

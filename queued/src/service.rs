@@ -1,0 +1,185 @@
+//! The `securely.queue.v1.Queue` gRPC service: checks arguments and callers, then hands
+//! over to the [`Engine`].
+//!
+//! Status codes: INVALID_ARGUMENT names the field; NOT_FOUND for an empty queue and for
+//! Ack/Fail of a job that is not reserved (acknowledged or failed already, or its
+//! reservation expired and the reaper handed it back); UNAVAILABLE while shutting down
+//! (retry against the next instance); INTERNAL for storage failures.
+//!
+//! An Ack or Fail that arrives after the deadline but before the reaper has run (it runs
+//! at the deadline, so a window of milliseconds) still counts: nobody else holds the job.
+
+use std::sync::Arc;
+
+use securely_core::rpc::Access;
+use securely_proto::queue::queue_server::{Queue, QueueServer};
+use securely_proto::queue::{
+    AckReply, AckRequest, FailReply, FailRequest, FailedJob, Job, ListFailedReply,
+    ListFailedRequest, PushReply, PushRequest, QueueStats, ReserveRequest, StatsReply,
+    StatsRequest,
+};
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+
+use crate::commit::CommitError;
+use crate::engine::{Engine, EngineError};
+use crate::store::{FailOutcome, StoreError};
+use crate::validate::{self, Invalid, Limits};
+
+/// Most payload and error bytes in one ListFailed answer, below the 4 MiB a default gRPC
+/// client accepts; the contract has no paging, so the rest is counted in the
+/// [`OMITTED_HEADER`] response header.
+pub const MAX_LIST_FAILED_BYTES: usize = 3 * 1024 * 1024;
+/// Response header of ListFailed: failed jobs left out of the answer.
+pub const OMITTED_HEADER: &str = "securely-omitted";
+
+/// The queue service.
+#[derive(Debug, Clone)]
+pub struct QueueService {
+    engine: Arc<Engine>,
+    limits: Limits,
+    access: Access,
+}
+
+impl QueueService {
+    /// A service over `engine`; mutating calls are allowed to `access`.
+    pub fn new(engine: Arc<Engine>, limits: Limits, access: Access) -> Self {
+        Self {
+            engine,
+            limits,
+            access,
+        }
+    }
+
+    /// The tonic service.
+    pub fn into_server(self) -> QueueServer<Self> {
+        QueueServer::new(self)
+    }
+}
+
+fn invalid(e: Invalid) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn status(e: EngineError) -> Status {
+    match e {
+        EngineError::Store(StoreError::NotReserved(id)) => Status::not_found(format!(
+            "job {id} is not reserved (acknowledged or failed already, or its reservation \
+             expired and it went back to its queue)"
+        )),
+        EngineError::Empty(queue) => Status::not_found(format!("queue {queue} is empty")),
+        EngineError::ShuttingDown | EngineError::Commit(CommitError::Stopped) => {
+            Status::unavailable("queued is shutting down; retry against the next instance")
+        }
+        e @ (EngineError::Store(_) | EngineError::Commit(_)) => {
+            tracing::error!("{e}");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Queue for QueueService {
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<PushReply>, Status> {
+        self.access.authorize(&request)?;
+        let push = self.limits.push(request.into_inner()).map_err(invalid)?;
+        let id = self
+            .engine
+            .push(&push.queue, &push.payload, push.delay_ms, push.max_tries)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PushReply { id }))
+    }
+
+    async fn reserve(&self, request: Request<ReserveRequest>) -> Result<Response<Job>, Status> {
+        self.access.authorize(&request)?;
+        let reserve = self.limits.reserve(request.into_inner()).map_err(invalid)?;
+        let job = self
+            .engine
+            .reserve(&reserve.queue, reserve.timeout_ms, reserve.wait)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(Job {
+            id: job.id,
+            queue: job.queue,
+            payload: job.payload,
+            attempt: job.attempt,
+            max_tries: job.max_tries,
+            created_at_ms: job.created_at_ms,
+            reserved_until_ms: job.reserved_until_ms,
+        }))
+    }
+
+    async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckReply>, Status> {
+        self.access.authorize(&request)?;
+        let id = validate::job_id(request.get_ref().id).map_err(invalid)?;
+        self.engine.ack(id).await.map_err(status)?;
+        Ok(Response::new(AckReply {}))
+    }
+
+    async fn fail(&self, request: Request<FailRequest>) -> Result<Response<FailReply>, Status> {
+        self.access.authorize(&request)?;
+        let FailRequest { id, error } = request.into_inner();
+        let id = validate::job_id(id).map_err(invalid)?;
+        let error = validate::error_text(error);
+        let reply = match self.engine.fail(id, &error).await.map_err(status)? {
+            FailOutcome::Retry { at_ms, .. } => FailReply {
+                will_retry: true,
+                retry_at_ms: at_ms,
+            },
+            FailOutcome::Failed => FailReply {
+                will_retry: false,
+                retry_at_ms: 0,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn list_failed(
+        &self,
+        request: Request<ListFailedRequest>,
+    ) -> Result<Response<ListFailedReply>, Status> {
+        let queue = validate::queue_filter(&request.get_ref().queue).map_err(invalid)?;
+        let list = self
+            .engine
+            .list_failed(queue, MAX_LIST_FAILED_BYTES)
+            .map_err(status)?;
+        let jobs = list
+            .jobs
+            .into_iter()
+            .map(|job| FailedJob {
+                id: job.record.id,
+                queue: job.record.queue,
+                payload: job.payload,
+                attempts: job.record.attempts,
+                error: job.record.error,
+                failed_at_ms: job.record.failed_at_ms,
+            })
+            .collect();
+        let mut response = Response::new(ListFailedReply { jobs });
+        if list.omitted > 0 {
+            response
+                .metadata_mut()
+                .insert(OMITTED_HEADER, MetadataValue::from(list.omitted));
+        }
+        Ok(response)
+    }
+
+    async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {
+        let queues = self
+            .engine
+            .stats()
+            .map_err(status)?
+            .into_iter()
+            .map(|q| QueueStats {
+                queue: q.queue,
+                ready: q.ready,
+                delayed: q.delayed,
+                reserved: q.reserved,
+                failed: q.failed,
+                pushed_total: q.pushed_total,
+            })
+            .collect();
+        Ok(Response::new(StatsReply { queues }))
+    }
+}

@@ -1,0 +1,349 @@
+//! The limits of the queue and the checks of RPC arguments against them. Every failure
+//! names the field it is about.
+
+use std::time::Duration;
+
+use securely_core::settings::QueueSettings;
+use securely_proto::queue::{PushRequest, ReserveRequest};
+
+/// Longest queue name, in bytes.
+pub const MAX_QUEUE_NAME_BYTES: usize = 128;
+/// Largest payload, in bytes (tonic's default 4 MiB message limit stays well above it).
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Most attempts a job may be given.
+pub const MAX_TRIES: u32 = 1000;
+/// Longest delay of a push: one year.
+pub const MAX_DELAY_SECONDS: u64 = 365 * 24 * 3600;
+/// Longest reservation: one day.
+pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
+/// Longest a Reserve call may wait for a job.
+pub const MAX_WAIT_SECONDS: u64 = 300;
+/// Longest error text kept for a failed attempt; longer texts are cut.
+pub const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// An argument (or setting) out of bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct Invalid {
+    /// The field or settings key.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+impl Invalid {
+    fn new(field: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A checked Push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidPush {
+    /// The queue.
+    pub queue: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Delay before the job becomes available.
+    pub delay_ms: u64,
+    /// Attempts (the default filled in).
+    pub max_tries: u32,
+}
+
+/// A checked Reserve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidReserve {
+    /// The queue.
+    pub queue: String,
+    /// How long the reservation lasts (the default filled in).
+    pub timeout_ms: u64,
+    /// How long to wait for a job.
+    pub wait: Duration,
+}
+
+/// The defaults of the settings, checked against the limits above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    default_max_tries: u32,
+    default_timeout_seconds: u64,
+}
+
+impl Limits {
+    /// The limits with the settings' defaults; settings beyond the limits are refused.
+    pub fn from_settings(queue: &QueueSettings) -> Result<Self, Invalid> {
+        if !(1..=MAX_TRIES).contains(&queue.default_max_tries) {
+            return Err(Invalid::new(
+                "queue.default_max_tries",
+                format!(
+                    "{} is out of range 1..={MAX_TRIES}",
+                    queue.default_max_tries
+                ),
+            ));
+        }
+        if !(1..=MAX_TIMEOUT_SECONDS).contains(&queue.default_timeout_seconds) {
+            return Err(Invalid::new(
+                "queue.default_timeout_seconds",
+                format!(
+                    "{} is out of range 1..={MAX_TIMEOUT_SECONDS}",
+                    queue.default_timeout_seconds
+                ),
+            ));
+        }
+        if queue.max_retry_backoff_seconds > MAX_DELAY_SECONDS {
+            return Err(Invalid::new(
+                "queue.max_retry_backoff_seconds",
+                format!(
+                    "{} is out of range 0..={MAX_DELAY_SECONDS}",
+                    queue.max_retry_backoff_seconds
+                ),
+            ));
+        }
+        Ok(Self {
+            default_max_tries: queue.default_max_tries,
+            default_timeout_seconds: queue.default_timeout_seconds,
+        })
+    }
+
+    /// Checks a Push.
+    pub fn push(&self, request: PushRequest) -> Result<ValidPush, Invalid> {
+        queue_name("queue", &request.queue)?;
+        if request.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(Invalid::new(
+                "payload",
+                format!(
+                    "{} bytes exceeds the limit of {MAX_PAYLOAD_BYTES}",
+                    request.payload.len()
+                ),
+            ));
+        }
+        if request.delay_seconds > MAX_DELAY_SECONDS {
+            return Err(Invalid::new(
+                "delay_seconds",
+                format!(
+                    "{} is out of range 0..={MAX_DELAY_SECONDS}",
+                    request.delay_seconds
+                ),
+            ));
+        }
+        let max_tries = match request.max_tries {
+            0 => self.default_max_tries,
+            n if n <= MAX_TRIES => n,
+            n => {
+                return Err(Invalid::new(
+                    "max_tries",
+                    format!("{n} is out of range 0..={MAX_TRIES} (0 selects the default)"),
+                ));
+            }
+        };
+        Ok(ValidPush {
+            queue: request.queue,
+            payload: request.payload,
+            delay_ms: request.delay_seconds * 1000,
+            max_tries,
+        })
+    }
+
+    /// Checks a Reserve.
+    pub fn reserve(&self, request: ReserveRequest) -> Result<ValidReserve, Invalid> {
+        queue_name("queue", &request.queue)?;
+        let timeout_seconds = match request.timeout_seconds {
+            0 => self.default_timeout_seconds,
+            n if n <= MAX_TIMEOUT_SECONDS => n,
+            n => {
+                return Err(Invalid::new(
+                    "timeout_seconds",
+                    format!(
+                        "{n} is out of range 0..={MAX_TIMEOUT_SECONDS} (0 selects the default)"
+                    ),
+                ));
+            }
+        };
+        if request.wait_seconds > MAX_WAIT_SECONDS {
+            return Err(Invalid::new(
+                "wait_seconds",
+                format!(
+                    "{} is out of range 0..={MAX_WAIT_SECONDS}",
+                    request.wait_seconds
+                ),
+            ));
+        }
+        Ok(ValidReserve {
+            queue: request.queue,
+            timeout_ms: timeout_seconds * 1000,
+            wait: Duration::from_secs(request.wait_seconds),
+        })
+    }
+}
+
+/// Checks a queue name: 1 to [`MAX_QUEUE_NAME_BYTES`] bytes of `[A-Za-z0-9_.:-]`.
+pub fn queue_name(field: &'static str, name: &str) -> Result<(), Invalid> {
+    if name.is_empty() {
+        return Err(Invalid::new(field, "must not be empty"));
+    }
+    if name.len() > MAX_QUEUE_NAME_BYTES {
+        return Err(Invalid::new(
+            field,
+            format!(
+                "{} bytes exceeds the limit of {MAX_QUEUE_NAME_BYTES}",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')))
+    {
+        return Err(Invalid::new(
+            field,
+            format!("{name:?} contains {bad:?}; allowed are A-Z a-z 0-9 _ . : -"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a job id (ids start at 1).
+pub fn job_id(id: u64) -> Result<u64, Invalid> {
+    match id {
+        0 => Err(Invalid::new("id", "0 is never a job id")),
+        id => Ok(id),
+    }
+}
+
+/// The queue filter of ListFailed: empty means every queue.
+pub fn queue_filter(name: &str) -> Result<Option<&str>, Invalid> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    queue_name("queue", name)?;
+    Ok(Some(name))
+}
+
+/// An attempt's error text, cut to [`MAX_ERROR_BYTES`] on a character boundary.
+pub fn error_text(mut text: String) -> String {
+    const CUT_MARK: &str = " [cut]";
+    if text.len() > MAX_ERROR_BYTES {
+        let mut end = MAX_ERROR_BYTES - CUT_MARK.len();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(CUT_MARK);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::from_settings(&QueueSettings::default()).unwrap()
+    }
+
+    fn push(queue: &str) -> PushRequest {
+        PushRequest {
+            queue: queue.into(),
+            payload: b"x".to_vec(),
+            delay_seconds: 0,
+            max_tries: 0,
+        }
+    }
+
+    #[test]
+    fn queue_names_follow_the_alphabet_and_length() {
+        for good in ["a", "emails", "a.b:c-d_e", &"q".repeat(128)] {
+            assert_eq!(queue_name("queue", good), Ok(()), "{good}");
+        }
+        for bad in ["", "with space", "nul\0", "é", "a/b", &"q".repeat(129)] {
+            let err = queue_name("queue", bad).unwrap_err();
+            assert_eq!(err.field, "queue", "{bad}");
+        }
+    }
+
+    #[test]
+    fn push_fills_in_the_default_tries_and_checks_bounds() {
+        let valid = limits().push(push("q")).unwrap();
+        assert_eq!(valid.max_tries, QueueSettings::default().default_max_tries);
+        assert_eq!(valid.delay_ms, 0);
+
+        let mut req = push("q");
+        req.max_tries = MAX_TRIES + 1;
+        assert_eq!(limits().push(req).unwrap_err().field, "max_tries");
+
+        let mut req = push("q");
+        req.delay_seconds = MAX_DELAY_SECONDS + 1;
+        assert_eq!(limits().push(req).unwrap_err().field, "delay_seconds");
+
+        let mut req = push("q");
+        req.payload = vec![0; MAX_PAYLOAD_BYTES + 1];
+        assert_eq!(limits().push(req).unwrap_err().field, "payload");
+
+        let mut req = push("q");
+        req.payload = vec![0; MAX_PAYLOAD_BYTES];
+        req.delay_seconds = 5;
+        req.max_tries = 7;
+        let valid = limits().push(req).unwrap();
+        assert_eq!((valid.delay_ms, valid.max_tries), (5000, 7));
+    }
+
+    #[test]
+    fn reserve_fills_in_the_default_timeout_and_checks_bounds() {
+        let req = |timeout_seconds, wait_seconds| ReserveRequest {
+            queue: "q".into(),
+            timeout_seconds,
+            wait_seconds,
+        };
+        let valid = limits().reserve(req(0, 0)).unwrap();
+        assert_eq!(
+            valid.timeout_ms,
+            QueueSettings::default().default_timeout_seconds * 1000
+        );
+        assert_eq!(valid.wait, Duration::ZERO);
+        assert_eq!(
+            limits()
+                .reserve(req(MAX_TIMEOUT_SECONDS + 1, 0))
+                .unwrap_err()
+                .field,
+            "timeout_seconds"
+        );
+        assert_eq!(
+            limits()
+                .reserve(req(1, MAX_WAIT_SECONDS + 1))
+                .unwrap_err()
+                .field,
+            "wait_seconds"
+        );
+    }
+
+    #[test]
+    fn settings_beyond_the_limits_are_refused() {
+        let settings = QueueSettings {
+            default_max_tries: MAX_TRIES + 1,
+            ..QueueSettings::default()
+        };
+        assert_eq!(
+            Limits::from_settings(&settings).unwrap_err().field,
+            "queue.default_max_tries"
+        );
+    }
+
+    #[test]
+    fn ids_and_filters() {
+        assert!(job_id(0).is_err());
+        assert_eq!(job_id(9), Ok(9));
+        assert_eq!(queue_filter(""), Ok(None));
+        assert_eq!(queue_filter("q"), Ok(Some("q")));
+        assert!(queue_filter("bad name").is_err());
+    }
+
+    #[test]
+    fn long_errors_are_cut_on_a_char_boundary() {
+        assert_eq!(error_text("boom".into()), "boom");
+        let cut = error_text("é".repeat(MAX_ERROR_BYTES));
+        assert!(cut.len() <= MAX_ERROR_BYTES);
+        assert!(cut.ends_with(" [cut]"));
+    }
+}
