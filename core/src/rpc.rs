@@ -84,7 +84,13 @@ impl RpcServer {
 
     /// Stops accepting, lets the calls in flight finish (until `deadline`), then closes
     /// the connections that are left.
-    pub async fn stop(mut self, deadline: Instant) {
+    pub async fn stop(self, deadline: Instant) {
+        self.stop_within(deadline, std::future::pending()).await;
+    }
+
+    /// [`RpcServer::stop`], cut short (calls in flight cancelled) when `cut_short`
+    /// resolves first, e.g. on a fast shutdown request during the drain.
+    pub async fn stop_within(mut self, deadline: Instant, cut_short: impl Future<Output = ()>) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -103,6 +109,7 @@ impl RpcServer {
                 tracing::warn!(calls = self.calls.count(), "grace period over; cutting gRPC calls short");
                 self.task.abort();
             }
+            () = cut_short => self.task.abort(),
         }
     }
 

@@ -21,13 +21,12 @@ mod store;
 mod validate;
 mod wakeups;
 
-use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use securely_core::daemon::Daemon;
-use securely_core::rpc::{self, ServeError};
+use securely_core::rpc::RpcServer;
 use securely_core::shutdown::ShutdownKind;
 use tonic::service::Routes;
 
@@ -61,26 +60,10 @@ fn main() -> ExitCode {
     match run(daemon) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("securely-{NAME}: error: {}", one_line(&e));
+            eprintln!("securely-{NAME}: error: {e:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, leaving out causes the message already quotes.
-fn one_line(error: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 fn run(daemon: Daemon) -> anyhow::Result<()> {
@@ -128,10 +111,6 @@ async fn serve(mut daemon: Daemon, opened: Opened) -> anyhow::Result<()> {
         .shutdown
         .watch_signals()
         .context("installing signal handlers")?;
-    // Standalone, the daemon binds its own socket: make sure its directory exists.
-    let runtime_dir = daemon.settings.runtime_dir();
-    std::fs::create_dir_all(&runtime_dir)
-        .with_context(|| format!("creating {}", runtime_dir.display()))?;
     let listener = daemon.grpc_listener()?;
     let socket = daemon.socket_path();
     let committer = Committer::start(opened.store.db().clone(), opened.disk)
@@ -146,50 +125,32 @@ async fn serve(mut daemon: Daemon, opened: Opened) -> anyhow::Result<()> {
     let queue = QueueService::new(engine.clone(), opened.limits, daemon.access.clone());
     let control = daemon.control_service(vec![format!("unix://{}", socket.display())]);
     let routes = Routes::new(queue.into_server()).add_service(control.into_server());
-    let stop_accepting = daemon.shutdown.clone();
-    let mut server = Box::pin(rpc::serve(listener, routes, async move {
-        stop_accepting.wait().await;
-    }));
+    let server = RpcServer::start(listener, routes);
     daemon.ready(format!("serving on {}", socket.display()));
     tracing::info!(socket = %socket.display(), "serving");
 
-    let drained = drain(&daemon, server.as_mut()).await;
-    // Whatever the server still runs is cancelled from here on.
-    drop(server);
+    let drained = drain(&daemon, server).await;
     let closed = close(reaper, committer, &engine).await;
     drained.and(closed)
 }
 
 /// Phase 4: waits for a shutdown request, then for in-flight calls (graceful, within
-/// the grace period) or for nothing (fast).
-async fn drain(
-    daemon: &Daemon,
-    mut server: std::pin::Pin<&mut impl Future<Output = Result<(), ServeError>>>,
-) -> anyhow::Result<()> {
+/// the grace period; waiting Reserve calls end at once) or for nothing (fast).
+async fn drain(daemon: &Daemon, mut server: RpcServer) -> anyhow::Result<()> {
     let kind = tokio::select! {
-        // The server only ends by itself after a shutdown request, so looking at the
-        // request first tells a drain from a failure.
-        biased;
         kind = daemon.shutdown.wait() => kind,
-        result = &mut server => {
-            result.context("gRPC server failed")?;
-            anyhow::bail!("gRPC server stopped unexpectedly");
-        }
+        why = server.ended() => anyhow::bail!("{why}"),
     };
     daemon.stopping();
     tracing::info!(?kind, "draining");
-    if kind == ShutdownKind::Fast {
-        return Ok(());
-    }
-    let grace = daemon.settings.grace_period();
-    tokio::select! {
-        result = &mut server => result.context("gRPC server failed")?,
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "grace period over; cancelling in-flight calls");
+    match kind {
+        ShutdownKind::Graceful => {
+            let deadline = tokio::time::Instant::now() + daemon.settings.grace_period();
+            server
+                .stop_within(deadline, daemon.shutdown.wait_fast())
+                .await;
         }
-        () = daemon.shutdown.wait_fast() => {
-            tracing::info!("fast shutdown requested; cancelling in-flight calls");
-        }
+        ShutdownKind::Fast => server.abort(),
     }
     Ok(())
 }
