@@ -52,7 +52,17 @@ pub fn udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// A Unix stream listener at `path` with [`SOCKET_MODE`], non-blocking. A stale socket
 /// file left by a crash is replaced; a live one (something answers) is an error.
 pub fn unix(path: &Path) -> io::Result<UnixListener> {
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                ),
+            ));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(io::Error::new(
                 io::ErrorKind::AddrInUse,

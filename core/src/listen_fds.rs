@@ -10,6 +10,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// The first inherited fd.
 pub const FIRST_FD: RawFd = 3;
+/// The most fds a process accepts to inherit.
+pub const MAX_FDS: usize = 256;
 
 /// Names of the sockets a daemon can be handed.
 pub mod names {
@@ -26,9 +28,12 @@ pub mod names {
 /// Why the inherited fds could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenFdsError {
-    /// `LISTEN_FDS` is not a number.
-    #[error("LISTEN_FDS={0:?} is not a count of fds")]
+    /// `LISTEN_FDS` is not a number, or too large.
+    #[error("LISTEN_FDS={0:?} is not a count of fds (at most 256)")]
     BadCount(String),
+    /// An announced fd is not open.
+    #[error("inherited fd {0} is not open")]
+    NotOpen(RawFd),
     /// `LISTEN_FDNAMES` does not name every fd.
     #[error("LISTEN_FDNAMES names {names} fds but LISTEN_FDS says {count}")]
     NameCount {
@@ -65,7 +70,17 @@ impl InheritedFds {
         let count: usize = count
             .trim()
             .parse()
-            .map_err(|_| ListenFdsError::BadCount(count.clone()))?;
+            .ok()
+            .filter(|n| *n <= MAX_FDS)
+            .ok_or_else(|| ListenFdsError::BadCount(count.clone()))?;
+        for i in 0..count {
+            let fd = FIRST_FD + i as RawFd;
+            // SAFETY: only asks the kernel about the fd; nothing is owned yet.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            if nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).is_err() {
+                return Err(ListenFdsError::NotOpen(fd));
+            }
+        }
         let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
             .map(|n| n.split(':').map(str::to_string).collect())
             .unwrap_or_else(|_| vec!["unknown".to_string(); count]);

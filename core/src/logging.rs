@@ -29,7 +29,7 @@ pub fn init(name: &str, error_log: Option<&Path>, default_filter: &str) {
     let filter = || {
         EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter))
     };
-    if std::env::var_os("JOURNAL_STREAM").is_some()
+    if journal_connected()
         && let Ok(journald) = tracing_journald::layer()
     {
         let layer = journald.with_syslog_identifier(name.to_string());
@@ -67,6 +67,19 @@ pub fn init(name: &str, error_log: Option<&Path>, default_filter: &str) {
     let _ = tracing_subscriber::registry()
         .with(layer.with_filter(filter()))
         .try_init();
+}
+
+/// Whether stderr is systemd's journal stream: `JOURNAL_STREAM` names its device and
+/// inode (a variable inherited from elsewhere does not match).
+pub fn journal_connected() -> bool {
+    use std::os::fd::AsFd;
+    let Some(expected) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
+        return false;
+    };
+    expected.to_str() == Some(&format!("{}:{}", stat.st_dev, stat.st_ino))
 }
 
 /// The default format, prefixed with `name[pid]: `.

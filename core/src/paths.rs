@@ -57,12 +57,25 @@ pub fn daemon_socket_name(daemon: &str) -> String {
 /// Mode of the runtime directory: the securely group may reach the sockets.
 pub const RUNTIME_DIR_MODE: u32 = 0o750;
 
-/// Creates the runtime directory (and its parents) with [`RUNTIME_DIR_MODE`].
+/// Creates the runtime directory (and its parents) with [`RUNTIME_DIR_MODE`]. An existing
+/// one must be a real directory owned by this user (any owner when root): a directory
+/// planted by another user in a shared place such as /tmp is refused.
 pub fn create_runtime_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(RUNTIME_DIR_MODE)
         .create(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(RUNTIME_DIR_MODE))
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() || (me != 0 && meta.uid() != me) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is not a directory owned by uid {me}", dir.display()),
+        ));
+    }
+    if meta.uid() == me || me == 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(RUNTIME_DIR_MODE))?;
+    }
+    Ok(())
 }

@@ -70,6 +70,11 @@ impl Notifier {
             // SAFETY: single-threaded start-up; the supervisor handed this fd to us alone.
             unsafe { std::env::remove_var(NOTIFY_FD_ENV) };
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Keep it from whatever this process starts (dup2 cleared the flag).
+            let _ = nix::fcntl::fcntl(
+                &fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            );
             let stream = UnixStream::from(fd);
             let _ = stream.set_nonblocking(false);
             return Notifier::Supervisor(Mutex::new(stream));

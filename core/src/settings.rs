@@ -207,6 +207,14 @@ impl Default for QueueSettings {
 const MAX_GRACE_SECONDS: u64 = 3600;
 /// Upper bound for worker threads.
 const MAX_THREADS: usize = 1024;
+/// Room for a Unix socket path in `sockaddr_un`, with its NUL.
+const SUN_PATH_MAX: usize = 108;
+/// Most attempts a job may be given (queue.default_max_tries and per push).
+pub const QUEUE_MAX_TRIES: u32 = 1000;
+/// Longest reservation, in seconds: one day.
+pub const QUEUE_MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
+/// Longest delay of a job (push delay, retry backoff), in seconds: one year.
+pub const QUEUE_MAX_DELAY_SECONDS: u64 = 365 * 24 * 3600;
 
 impl Settings {
     /// Parses settings from YAML text. Unknown keys are reported to `on_unknown` (with their
@@ -238,13 +246,18 @@ impl Settings {
 
     /// Reads and parses a settings file, warning about unknown keys through `tracing`.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
+        Self::load_with(path, |key| {
+            tracing::warn!(key, file = %path.display(), "unknown settings key ignored");
+        })
+    }
+
+    /// Reads and parses a settings file, reporting unknown keys to `on_unknown`.
+    pub fn load_with(path: &Path, on_unknown: impl FnMut(&str)) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(path).map_err(|reason| LoadError::Read {
             path: path.to_path_buf(),
             reason,
         })?;
-        Self::from_yaml(&text, &path.display().to_string(), |key| {
-            tracing::warn!(key, file = %path.display(), "unknown settings key ignored");
-        })
+        Self::from_yaml(&text, &path.display().to_string(), on_unknown)
     }
 
     /// Fills in every default that depends on the machine, so that the result means the
@@ -380,20 +393,47 @@ impl Settings {
                 ));
             }
         }
-        if let Some(ca) = &self.ca_file
-            && !Path::new(ca).is_file()
-        {
-            errors.push(SettingsError::new("ca_file", format!("{ca} is not a file")));
+        if let Some(ca) = &self.ca_file {
+            if !Path::new(ca).is_absolute() {
+                errors.push(SettingsError::new(
+                    "ca_file",
+                    format!("{ca} must be an absolute path"),
+                ));
+            } else if !Path::new(ca).is_file() {
+                errors.push(SettingsError::new("ca_file", format!("{ca} is not a file")));
+            }
         }
-        // The longest socket path must fit in sockaddr_un (108 bytes with the NUL).
-        let longest = self.runtime_dir().join("queued.sock");
-        if longest.as_os_str().len() >= 108 {
+        // Every socket path must fit in sockaddr_un (108 bytes with the NUL).
+        let sockets = std::iter::once(self.control_socket())
+            .chain(crate::DAEMONS.iter().map(|d| self.daemon_socket(d)));
+        if let Some(long) = sockets
+            .into_iter()
+            .find(|p| p.as_os_str().len() >= SUN_PATH_MAX)
+        {
             errors.push(SettingsError::new(
                 "runtime_dir",
                 format!(
-                    "{} is too long for Unix socket paths (at most ~95 bytes)",
-                    self.runtime_dir().display()
+                    "{} is too long for a Unix socket path (at most {} bytes)",
+                    long.display(),
+                    SUN_PATH_MAX - 1
                 ),
+            ));
+        }
+        if let Some(upgrade) = &self.upgrade_sock
+            && upgrade.as_os_str().len() >= SUN_PATH_MAX
+        {
+            errors.push(SettingsError::new(
+                "upgrade_sock",
+                format!(
+                    "is too long for a Unix socket path (at most {} bytes)",
+                    SUN_PATH_MAX - 1
+                ),
+            ));
+        }
+        if self.group.is_some() && self.user.is_none() {
+            errors.push(SettingsError::new(
+                "group",
+                "needs user too: the group is dropped to together with the user",
             ));
         }
         for (key, name) in [("user", &self.user), ("group", &self.group)] {
@@ -483,7 +523,10 @@ impl Settings {
 
     fn validate_dns(&self, errors: &mut Vec<SettingsError>) {
         let tld = self.dns.tld.trim_end_matches('.');
-        if tld.is_empty() || !tld.split('.').all(is_dns_label) {
+        if tld.is_empty()
+            || tld.len() > crate::names::MAX_NAME_LEN / 2
+            || !tld.split('.').all(is_dns_label)
+        {
             errors.push(SettingsError::new(
                 "dns.tld",
                 format!("{:?} is not a valid domain name", self.dns.tld),
@@ -529,19 +572,33 @@ impl Settings {
 
     fn validate_queue(&self, errors: &mut Vec<SettingsError>) {
         let q = &self.queue;
-        if q.default_timeout_seconds == 0 {
+        if !(1..=QUEUE_MAX_TIMEOUT_SECONDS).contains(&q.default_timeout_seconds) {
             errors.push(SettingsError::new(
                 "queue.default_timeout_seconds",
-                "must be at least 1",
+                format!(
+                    "{} is out of range 1..={QUEUE_MAX_TIMEOUT_SECONDS}",
+                    q.default_timeout_seconds
+                ),
             ));
         }
-        if q.default_max_tries == 0 {
+        if !(1..=QUEUE_MAX_TRIES).contains(&q.default_max_tries) {
             errors.push(SettingsError::new(
                 "queue.default_max_tries",
-                "must be at least 1",
+                format!(
+                    "{} is out of range 1..={QUEUE_MAX_TRIES}",
+                    q.default_max_tries
+                ),
             ));
         }
-        if q.max_retry_backoff_seconds < q.retry_backoff_seconds {
+        if q.max_retry_backoff_seconds > QUEUE_MAX_DELAY_SECONDS {
+            errors.push(SettingsError::new(
+                "queue.max_retry_backoff_seconds",
+                format!(
+                    "{} is out of range 0..={QUEUE_MAX_DELAY_SECONDS}",
+                    q.max_retry_backoff_seconds
+                ),
+            ));
+        } else if q.max_retry_backoff_seconds < q.retry_backoff_seconds {
             errors.push(SettingsError::new(
                 "queue.max_retry_backoff_seconds",
                 "must not be below queue.retry_backoff_seconds",
@@ -573,8 +630,7 @@ pub fn parse_upstream(text: &str) -> Option<SocketAddr> {
 fn reaches(own: SocketAddr, upstream: SocketAddr) -> bool {
     own.port() == upstream.port()
         && (own.ip() == upstream.ip()
-            || (own.ip().is_unspecified() && own.is_ipv4() == upstream.is_ipv4())
-            || (own.ip().is_loopback() && upstream.ip().is_loopback()))
+            || (own.ip().is_unspecified() && own.is_ipv4() == upstream.is_ipv4()))
 }
 
 /// Two TCP listeners clash when their ports match and one address covers the other.
@@ -647,7 +703,7 @@ mod tests {
     #[test]
     fn an_upstream_that_is_dnsd_itself_is_rejected() {
         let (settings, _) = parse(
-            "dns:\n  listen: [\"127.0.0.1:5353\"]\n  upstreams: [\"1.1.1.1\", \"127.0.0.2:5353\"]\n",
+            "dns:\n  listen: [\"127.0.0.1:5353\"]\n  upstreams: [\"127.0.0.53\", \"127.0.0.1:5353\"]\n",
         );
         let errors = settings.unwrap().validate().unwrap_err();
         assert_eq!(errors.len(), 1);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// How long to keep retrying a tree that another process still holds.
 pub const OPEN_DEADLINE: Duration = Duration::from_secs(10);
 /// Pause between attempts to open a held tree.
-const OPEN_RETRY_INTERVAL: Duration = Duration::from_millis(1);
+const OPEN_RETRY_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Why a tree could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +67,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_held_tree_fails_after_the_deadline_and_opens_once_released() {
+    fn a_tree_reopens_with_its_data_once_released() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tree");
         let first = open_tree(&path, Duration::ZERO).unwrap();

@@ -8,22 +8,30 @@
 //! for opcodes other than QUERY, FORMERR unless there is exactly one question, REFUSED
 //! for classes other than IN and for zone transfers, and then asks the local zone, the
 //! localhost names, or the upstreams.
+//!
+//! Local answers are computed at once and are not limited. Forwarded questions wait on
+//! the upstreams (up to [`crate::forward::FORWARD_DEADLINE`]), so at most
+//! [`FORWARD_SLOTS`] are forwarded at a time; beyond that a question gets SERVFAIL at
+//! once, as from a resolver that cannot answer right now, instead of more upstream work.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::BinEncoder;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use securely_core::drain::InFlight;
+use tokio::sync::Semaphore;
 
 use crate::forward::Forwarder;
-use crate::in_flight::InFlight;
 use crate::local_zone::LocalZone;
 use crate::localhost;
 use crate::reply::Reply;
+use crate::reply_size;
 
 /// The EDNS version dnsd speaks (RFC 6891).
 pub const EDNS_VERSION: u8 = 0;
@@ -32,6 +40,10 @@ pub const EDNS_VERSION: u8 = 0;
 pub const ADVERTISED_UDP_PAYLOAD: u16 = 1232;
 /// The UDP limit for a client without EDNS (RFC 1035 section 4.2.1).
 const PLAIN_UDP_PAYLOAD: u16 = 512;
+/// How many questions may be forwarded at once. Each holds a resolver lookup (timers,
+/// upstream sockets) for up to the forwarding deadline, so a flood of names outside the
+/// TLD is bounded here; 1024 is far above what a development machine asks for.
+pub const FORWARD_SLOTS: usize = 1024;
 
 /// Answers DNS questions: the local TLD, localhost, and forwarding.
 pub struct DnsHandler {
@@ -39,21 +51,30 @@ pub struct DnsHandler {
     forwarder: Forwarder,
     localhost_ttl: u32,
     in_flight: Arc<InFlight>,
+    forward_slots: Semaphore,
+    forward_limit: usize,
+    /// Whether running out of forwarding slots was logged (once until one frees).
+    forwarding_saturated: AtomicBool,
 }
 
 impl DnsHandler {
-    /// A handler over `zone` and `forwarder` that counts its work in `in_flight`.
+    /// A handler over `zone` and `forwarder` that counts its work in `in_flight` and
+    /// forwards at most `forward_slots` questions at a time.
     pub fn new(
         zone: LocalZone,
         forwarder: Forwarder,
         localhost_ttl: u32,
         in_flight: Arc<InFlight>,
+        forward_slots: usize,
     ) -> Self {
         Self {
             zone,
             forwarder,
             localhost_ttl,
             in_flight,
+            forward_slots: Semaphore::new(forward_slots),
+            forward_limit: forward_slots,
+            forwarding_saturated: AtomicBool::new(false),
         }
     }
 
@@ -87,8 +108,32 @@ impl DnsHandler {
         } else if localhost::is_localhost(query) {
             localhost::answer(query, self.localhost_ttl)
         } else {
-            self.forwarder.forward(query).await
+            self.forward(query).await
         }
+    }
+
+    /// Forwards `query` if a forwarding slot is free; SERVFAIL at once otherwise.
+    async fn forward(&self, query: &LowerQuery) -> Reply {
+        if !self.forwarder.is_enabled() {
+            // Refused without any upstream work: no slot needed.
+            return self.forwarder.forward(query).await;
+        }
+        let Ok(_slot) = self.forward_slots.try_acquire() else {
+            if !self.forwarding_saturated.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    slots = self.forward_limit,
+                    "every forwarding slot is busy; answering SERVFAIL to names outside the TLD until one frees"
+                );
+            }
+            tracing::debug!(name = %query.name(), "no forwarding slot free; SERVFAIL");
+            return Reply::empty(ResponseCode::ServFail);
+        };
+        if self.forwarding_saturated.load(Ordering::Relaxed)
+            && self.forwarding_saturated.swap(false, Ordering::Relaxed)
+        {
+            tracing::info!("forwarding slots free again");
+        }
+        self.forwarder.forward(query).await
     }
 
     /// Frames `reply` for `request` and sends it.
@@ -177,7 +222,8 @@ fn udp_payload_limit(request: &Request) -> usize {
     usize::from(limit)
 }
 
-/// Whether the whole reply encodes within `limit` bytes.
+/// Whether the whole reply encodes within `limit` bytes: obviously when its upper bound
+/// is within it, otherwise measured by encoding it.
 fn fits(
     request: &Request,
     edns: Option<&Edns>,
@@ -185,6 +231,11 @@ fn fits(
     reply: &Reply,
     limit: usize,
 ) -> bool {
+    if reply_size::upper_bound(request.queries.as_bytes().len(), edns, reply)
+        .is_some_and(|bound| bound <= limit)
+    {
+        return true;
+    }
     let mut buffer = Vec::with_capacity(limit);
     let mut encoder = BinEncoder::new(&mut buffer);
     let encoded = MessageResponseBuilder::new(&request.queries, edns)
@@ -207,11 +258,24 @@ mod tests {
     use std::net::SocketAddr;
     use std::str::FromStr;
 
+    use std::time::{Duration, Instant};
+
     use hickory_proto::op::{Message, MessageType, Query};
-    use hickory_proto::rr::rdata::TXT;
+    use hickory_proto::rr::rdata::{MX, TXT};
     use hickory_proto::rr::{Name, RData, Record};
+    use securely_core::settings::DnsSettings;
 
     use super::*;
+    use crate::forward::FORWARD_DEADLINE;
+    use crate::record_spec::ZoneNames;
+    use crate::records::RecordStore;
+
+    fn question(name: &str, rtype: RecordType) -> Request {
+        let mut message = Message::query();
+        message.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+        let src: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        Request::from_bytes(message.to_vec().unwrap(), src, Protocol::Udp).unwrap()
+    }
 
     fn request(protocol: Protocol, payload: Option<u16>) -> Request {
         let mut message = Message::query();
@@ -252,5 +316,75 @@ mod tests {
         assert!(fits(&req, None, metadata, &txt_reply(200), 512));
         assert!(!fits(&req, None, metadata, &txt_reply(600), 512));
         assert!(fits(&req, None, metadata, &txt_reply(600), 1232));
+        // Types without a cheap bound (forwarded answers) are measured.
+        let mx = Reply::authoritative(
+            (0..40)
+                .map(|i| {
+                    let exchange = Name::from_str(&format!("mail{i}.example.com.")).unwrap();
+                    Record::from_rdata(
+                        Name::from_str("big.test.").unwrap(),
+                        60,
+                        RData::MX(MX::new(10, exchange)),
+                    )
+                })
+                .collect(),
+        );
+        assert!(!fits(&req, None, metadata, &mx, 512));
+        assert!(fits(&req, None, metadata, &mx, 1232));
+    }
+
+    #[tokio::test]
+    async fn forwarding_beyond_the_slots_is_servfail_at_once_and_local_names_still_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let store = Arc::new(RecordStore::open(db, &ZoneNames::new("test")).unwrap());
+        let settings = DnsSettings {
+            addresses: vec!["127.0.0.1".into()],
+            ..DnsSettings::default()
+        };
+        let zone = LocalZone::new(&settings, store).unwrap();
+        // An upstream that never answers keeps a forwarded question waiting.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let forwarder = Forwarder::new(&[silent.local_addr().unwrap().to_string()]).unwrap();
+        let handler = Arc::new(DnsHandler::new(zone, forwarder, 60, InFlight::new(), 1));
+
+        let waiting = tokio::spawn({
+            let handler = handler.clone();
+            async move {
+                let request = question("example.com.", RecordType::A);
+                handler.reply_to(&request).await
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(1), async {
+            while handler.forward_slots.available_permits() > 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the first question takes the only slot");
+
+        let started = Instant::now();
+        let refused = handler
+            .reply_to(&question("example.org.", RecordType::A))
+            .await;
+        assert_eq!(refused.code, ResponseCode::ServFail);
+        assert!(
+            started.elapsed() < FORWARD_DEADLINE / 4,
+            "answered without waiting on the upstreams: {:?}",
+            started.elapsed()
+        );
+        let local = handler
+            .reply_to(&question("app.test.", RecordType::A))
+            .await;
+        assert_eq!(local.code, ResponseCode::NoError);
+        assert_eq!(local.answers[0].data.to_string(), "127.0.0.1");
+        let localhost = handler
+            .reply_to(&question("localhost.", RecordType::A))
+            .await;
+        assert_eq!(localhost.answers[0].data.to_string(), "127.0.0.1");
+
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(handler.forward_slots.available_permits(), 1, "slot freed");
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use hickory_proto::op::LowerQuery;
 use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use securely_core::names::normalize_tld;
 use securely_core::settings::DnsSettings;
 
 use crate::records::{ExplicitRecord, RecordStore};
@@ -70,7 +71,8 @@ enum NameData {
 impl LocalZone {
     /// The zone described by `settings`, with explicit records from `records`.
     pub fn new(settings: &DnsSettings, records: Arc<RecordStore>) -> Result<Self, ZoneError> {
-        let tld = settings.tld.trim_end_matches('.').to_ascii_lowercase();
+        // `Settings::resolve` normalises the TLD already; settings built by hand may not be.
+        let tld = normalize_tld(&settings.tld);
         let tld_error = |e: hickory_proto::ProtoError| ZoneError::Tld {
             tld: settings.tld.clone(),
             reason: e.to_string(),

@@ -12,13 +12,13 @@
 mod admin;
 mod forward;
 mod handler;
-mod in_flight;
 mod listeners;
 mod local_zone;
 mod localhost;
 mod record_spec;
 mod records;
 mod reply;
+mod reply_size;
 
 use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
@@ -28,18 +28,15 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use hickory_server::Server;
 use securely_core::daemon::Daemon;
-use securely_core::logging::LOG_FILTER_ENV;
-use securely_core::rpc;
+use securely_core::drain::InFlight;
+use securely_core::rpc::RpcServer;
 use securely_core::shutdown::ShutdownKind;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::service::Routes;
 
 use crate::admin::AdminService;
 use crate::forward::Forwarder;
-use crate::handler::DnsHandler;
-use crate::in_flight::InFlight;
+use crate::handler::{DnsHandler, FORWARD_SLOTS};
 use crate::listeners::DnsSockets;
 use crate::local_zone::LocalZone;
 use crate::record_spec::ZoneNames;
@@ -52,15 +49,11 @@ const NAME: &str = "dnsd";
 const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn";
 /// How long hickory's listener tasks get to wind down once told to stop.
 const DNS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// Once no admin call is in flight, how long gRPC connections get to close cleanly
-/// (HTTP/2 graceful close needs the client's PING acknowledgement) before they are cut.
-const GRPC_CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the runtime waits for tasks still running when the serving phase ends.
 const RUNTIME_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    quiet_query_log_by_default();
-    let daemon = match Daemon::start(NAME) {
+    let daemon = match Daemon::start_with_log_filter(NAME, DEFAULT_LOG_FILTER) {
         Ok(daemon) => daemon,
         Err(error) => return fail(anyhow!(error)),
     };
@@ -75,14 +68,7 @@ fn fail(error: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn quiet_query_log_by_default() {
-    if std::env::var_os(LOG_FILTER_ENV).is_none() {
-        // SAFETY: first thing in main, before any other thread exists.
-        unsafe { std::env::set_var(LOG_FILTER_ENV, DEFAULT_LOG_FILTER) };
-    }
-}
-
-/// Everything after start-up: store, sockets, the serving runtime, and the final flush.
+/// Everything after start-up: store, sockets, the serving runtime, and closing the store.
 fn run(mut daemon: Daemon) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -105,24 +91,22 @@ fn run(mut daemon: Daemon) -> anyhow::Result<()> {
         }
     };
 
-    // Phase: take the sockets (inherited, or bound from the settings).
-    let sockets = DnsSockets::take(&mut daemon)?;
-    let runtime_dir = daemon.settings.runtime_dir();
-    std::fs::create_dir_all(&runtime_dir)
-        .with_context(|| format!("creating {}", runtime_dir.display()))?;
-    let grpc_listener = daemon.grpc_listener()?;
-
-    // Phase: serve until asked to stop.
-    let served = runtime.block_on(serve(daemon, store.clone(), names, sockets, grpc_listener));
+    // Phase: take the sockets (inherited, or bound from the settings), then serve until
+    // asked to stop.
+    let served = match take_sockets(&mut daemon) {
+        Ok((sockets, grpc_listener)) => {
+            runtime.block_on(serve(daemon, store.clone(), names, sockets, grpc_listener))
+        }
+        Err(error) => Err(error),
+    };
     runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
 
-    // Phase: close the store; every task that held it is gone with the runtime.
-    let flushed = store.flush().context("flushing the record store");
-    drop(store);
-    if served.is_ok() && flushed.is_ok() {
+    // Phase: close the store.
+    let closed = close_store(store);
+    if served.is_ok() && closed.is_ok() {
         tracing::info!("stopped");
     }
-    served.and(flushed)
+    served.and(closed)
 }
 
 /// Opens the sled tree and loads the records. The tree may still be held by the
@@ -148,6 +132,30 @@ async fn open_store(
         kind = daemon.shutdown.wait() => {
             tracing::info!(?kind, "asked to stop while opening the record store");
             Ok(None)
+        }
+    }
+}
+
+/// The DNS sockets and the gRPC listener.
+fn take_sockets(daemon: &mut Daemon) -> anyhow::Result<(DnsSockets, UnixListener)> {
+    let sockets = DnsSockets::take(daemon)?;
+    let grpc_listener = daemon.grpc_listener()?;
+    Ok((sockets, grpc_listener))
+}
+
+/// Flushes and closes the record store. Every task holding it ended with the runtime,
+/// except a write still running on a blocking thread (the runtime does not wait for
+/// those, and a fast stop does not wait for the admin call): then the store is flushed
+/// and left to that thread, and sled closes when the process exits.
+fn close_store(store: Arc<RecordStore>) -> anyhow::Result<()> {
+    match Arc::try_unwrap(store) {
+        Ok(store) => store.close().context("closing the record store"),
+        Err(store) => {
+            tracing::warn!(
+                holders = Arc::strong_count(&store) - 1,
+                "a record write is still running; flushing the store without closing it"
+            );
+            store.flush().context("flushing the record store")
         }
     }
 }
@@ -178,30 +186,26 @@ async fn serve(
     };
     let zone = LocalZone::new(&settings.dns, store.clone())?;
     let apex = zone.apex().to_string();
-    let in_flight = Arc::new(InFlight::new());
+    let in_flight = InFlight::new();
     let mut dns = Server::new(DnsHandler::new(
         zone,
         forwarder,
         settings.dns.ttl,
         in_flight.clone(),
+        FORWARD_SLOTS,
     ));
     sockets.register(&mut dns)?;
 
     // Phase: gRPC.
-    let admin_calls = Arc::new(InFlight::new());
     let admin = AdminService::new(
         store.clone(),
         names,
         settings.dns.ttl,
         daemon.access.clone(),
-        admin_calls.clone(),
     );
     let routes = Routes::new(admin.into_server())
         .add_service(daemon.control_service(listeners.clone()).into_server());
-    let (stop_grpc, grpc_stop_requested) = oneshot::channel::<()>();
-    let mut grpc = tokio::spawn(rpc::serve(grpc_listener, routes, async {
-        let _ = grpc_stop_requested.await;
-    }));
+    let mut grpc = RpcServer::start(grpc_listener, routes);
 
     // Phase: ready.
     let status = format!(
@@ -214,23 +218,23 @@ async fn serve(
 
     let kind = tokio::select! {
         kind = daemon.shutdown.wait() => kind,
-        ended = &mut grpc => return Err(anyhow!("gRPC server stopped: {}", describe_end(ended))),
+        ended = grpc.ended() => return Err(anyhow!("gRPC server stopped: {ended}")),
         ended = dns.block_until_done() => {
             return Err(anyhow!("DNS server stopped: {}", ended.map_or_else(|e| e.to_string(), |()| "no socket left".into())));
         }
     };
 
+    // Phase: stop.
+    daemon.stopping();
     match kind {
         ShutdownKind::Graceful => {
-            daemon.stopping();
             let deadline = Instant::now() + settings.grace_period();
             drain_dns(&daemon, &mut dns, &in_flight, deadline).await;
-            stop_grpc_gracefully(&daemon, stop_grpc, grpc, &admin_calls, deadline).await;
+            stop_grpc(&daemon, grpc, deadline).await;
         }
         ShutdownKind::Fast => {
             tracing::info!("stopping now");
             drop(dns);
-            let _ = stop_grpc.send(());
             grpc.abort();
         }
     }
@@ -245,11 +249,11 @@ async fn drain_dns(
     in_flight: &InFlight,
     deadline: Instant,
 ) {
-    tracing::info!(in_flight = in_flight.current(), "draining DNS");
+    tracing::info!(in_flight = in_flight.count(), "draining DNS");
     tokio::select! {
         () = in_flight.idle() => {}
         () = tokio::time::sleep_until(deadline) => {
-            tracing::warn!(in_flight = in_flight.current(), "grace period over; dropping the questions left");
+            tracing::warn!(in_flight = in_flight.count(), "grace period over; dropping the questions left");
         }
         () = daemon.shutdown.wait_fast() => tracing::info!("fast stop requested while draining"),
     }
@@ -261,42 +265,13 @@ async fn drain_dns(
     }
 }
 
-/// Stops accepting gRPC calls and lets the admin calls in flight finish, until
-/// `deadline`; connections still open after that (idle clients) are cut.
-async fn stop_grpc_gracefully(
-    daemon: &Daemon,
-    stop: oneshot::Sender<()>,
-    mut grpc: JoinHandle<Result<(), rpc::ServeError>>,
-    admin_calls: &InFlight,
-    deadline: Instant,
-) {
-    let _ = stop.send(());
-    let calls_done = async {
-        admin_calls.idle().await;
-        tokio::time::sleep(GRPC_CLOSE_TIMEOUT).await;
-    };
+/// Stops accepting gRPC calls and lets the admin calls in flight finish (until
+/// `deadline`). A fast request meanwhile cuts the calls short: the server, detached by
+/// the dropped stop, ends with the runtime right after.
+async fn stop_grpc(daemon: &Daemon, grpc: RpcServer, deadline: Instant) {
+    tracing::info!(calls = grpc.calls_in_flight(), "stopping gRPC");
     tokio::select! {
-        ended = &mut grpc => {
-            if let Ok(Err(error)) = ended {
-                tracing::warn!(%error, "gRPC server stopped with an error");
-            }
-        }
-        () = calls_done => {
-            tracing::debug!("closing idle gRPC connections");
-            grpc.abort();
-        }
-        () = tokio::time::sleep_until(deadline) => {
-            tracing::warn!("grace period over; cutting gRPC calls short");
-            grpc.abort();
-        }
-        () = daemon.shutdown.wait_fast() => grpc.abort(),
-    }
-}
-
-fn describe_end(ended: Result<Result<(), rpc::ServeError>, tokio::task::JoinError>) -> String {
-    match ended {
-        Ok(Ok(())) => "it ended on its own".to_string(),
-        Ok(Err(error)) => error.to_string(),
-        Err(error) => error.to_string(),
+        () = grpc.stop(deadline) => {}
+        () = daemon.shutdown.wait_fast() => tracing::info!("fast stop requested; cutting gRPC calls short"),
     }
 }

@@ -4,9 +4,13 @@
 //! of its [`RecordSpec`]; the zone's SOA serial sits under its own key and moves with
 //! every change. Writers are serialised, apply one atomic batch, flush it to disk, and
 //! only then update the in-memory index that queries read, so an acknowledged change is
-//! durable and visible at once.
+//! durable and visible at once. A change whose flush fails is undone in the tree before
+//! the error is returned, so that a later flush cannot write what the caller was told
+//! failed.
 
 use std::collections::HashMap;
+#[cfg(test)]
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use hickory_proto::rr::{LowerName, RData};
@@ -19,6 +23,9 @@ const RECORD_PREFIX: &[u8] = b"record\0";
 const SERIAL_KEY: &[u8] = b"zone-serial";
 /// The serial of a zone nobody has changed yet.
 const FIRST_SERIAL: u32 = 1;
+
+/// A key and its new value (`None` removes the key).
+type Change = (Vec<u8>, Option<Vec<u8>>);
 
 /// Why the store refused or failed a change.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +61,9 @@ pub struct RecordStore {
     /// Serialises writers so that sled and the index change together.
     writer: Mutex<()>,
     index: RwLock<Index>,
+    /// How many of the next flushes fail, to test what a failing disk does.
+    #[cfg(test)]
+    failing_flushes: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -92,6 +102,8 @@ impl RecordStore {
             db,
             writer: Mutex::new(()),
             index: RwLock::new(index),
+            #[cfg(test)]
+            failing_flushes: AtomicUsize::new(0),
         })
     }
 
@@ -131,12 +143,9 @@ impl RecordStore {
                     .collect()
             }
         };
-        let mut batch = sled::Batch::default();
-        for old in &replaced {
-            batch.remove(record_key(old));
-        }
-        batch.insert(record_key(&entry.spec), encode(&entry.spec)?);
-        let serial = self.commit(batch)?;
+        let mut changes: Vec<Change> = replaced.iter().map(|old| (record_key(old), None)).collect();
+        changes.push((record_key(&entry.spec), Some(encode(&entry.spec)?)));
+        let serial = self.commit(changes)?;
 
         let mut index = self.write_index();
         index.remove(&owner, |e| replaced.iter().any(|old| **old == e.spec));
@@ -159,11 +168,11 @@ impl RecordStore {
         if removed.is_empty() {
             return Ok(0);
         }
-        let mut batch = sled::Batch::default();
-        for spec in &removed {
-            batch.remove(record_key(spec));
-        }
-        let serial = self.commit(batch)?;
+        let changes = removed
+            .iter()
+            .map(|spec| (record_key(spec), None))
+            .collect();
+        let serial = self.commit(changes)?;
 
         let mut index = self.write_index();
         index.remove(&owner, |e| removed.contains(&e.spec));
@@ -208,19 +217,66 @@ impl RecordStore {
         self.read_index().serial
     }
 
-    /// Writes everything to disk (on shutdown).
+    /// Writes everything to disk (on shutdown, when another handle still exists).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.flush_to_disk()?;
         Ok(())
     }
 
-    /// Applies `batch` with the next serial and flushes; returns that serial.
-    fn commit(&self, mut batch: sled::Batch) -> Result<u32, StoreError> {
+    /// Writes everything to disk and closes the tree, so that the next instance may
+    /// open it.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.flush_to_disk()?;
+        drop(self);
+        Ok(())
+    }
+
+    /// Applies `changes` and the next serial as one batch and flushes it; returns that
+    /// serial. If the flush fails, the keys get their previous values back.
+    fn commit(&self, mut changes: Vec<Change>) -> Result<u32, StoreError> {
         let serial = next_serial(self.read_index().serial);
-        batch.insert(SERIAL_KEY, &serial.to_be_bytes());
-        self.db.apply_batch(batch)?;
-        self.db.flush()?;
+        changes.push((SERIAL_KEY.to_vec(), Some(serial.to_be_bytes().to_vec())));
+        let previous = changes
+            .iter()
+            .map(|(key, _)| Ok((key.clone(), self.db.get(key)?.map(|value| value.to_vec()))))
+            .collect::<Result<Vec<Change>, sled::Error>>()?;
+        self.db.apply_batch(batch_of(&changes))?;
+        if let Err(error) = self.flush_to_disk() {
+            self.roll_back(previous);
+            return Err(error.into());
+        }
         Ok(serial)
+    }
+
+    /// Puts back what the keys held before a change that could not be flushed, so that
+    /// the tree says what the index says and the caller was told.
+    fn roll_back(&self, previous: Vec<Change>) {
+        let undone = self
+            .db
+            .apply_batch(batch_of(&previous))
+            .and_then(|()| self.flush_to_disk());
+        if let Err(error) = undone {
+            tracing::error!(
+                %error,
+                "a record change that failed to reach the disk could not be undone; \
+                 restart dnsd to serve what the disk holds"
+            );
+        }
+    }
+
+    fn flush_to_disk(&self) -> Result<(), sled::Error> {
+        #[cfg(test)]
+        if self
+            .failing_flushes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(sled::Error::Io(std::io::Error::other(
+                "injected flush failure",
+            )));
+        }
+        self.db.flush()?;
+        Ok(())
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -272,6 +328,17 @@ fn read_serial(db: &sled::Db) -> Result<Option<u32>, StoreError> {
         .get(SERIAL_KEY)?
         .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_ref()).ok())
         .map(u32::from_be_bytes))
+}
+
+fn batch_of(changes: &[Change]) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for (key, value) in changes {
+        match value {
+            Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+            None => batch.remove(key.as_slice()),
+        }
+    }
+    batch
 }
 
 fn record_key(spec: &RecordSpec) -> Vec<u8> {
@@ -375,6 +442,76 @@ mod tests {
             store.set(spec("c.test", "TXT", "x")),
             Err(StoreError::Conflict(_))
         ));
+    }
+
+    /// Every key and value of the tree.
+    fn tree(store: &RecordStore) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .db
+            .iter()
+            .map(|item| {
+                let (key, value) = item.unwrap();
+                (key.to_vec(), value.to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_change_that_cannot_be_flushed_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let serial;
+        {
+            let store = open(dir.path());
+            store.set(spec("kept.test", "A", "10.0.0.1")).unwrap();
+            store.set(spec("alias.test", "CNAME", "kept.test")).unwrap();
+            serial = store.serial();
+            let before = tree(&store);
+            // Each change runs with its flush failing, and must leave the tree as it was.
+            let fails_and_is_undone = |what: &str, change: &dyn Fn() -> Result<(), StoreError>| {
+                store.failing_flushes.store(1, Ordering::Release);
+                let result = change();
+                assert!(
+                    matches!(result, Err(StoreError::Sled(_))),
+                    "{what}: {result:?}"
+                );
+                assert_eq!(tree(&store), before, "{what}: the tree is as it was");
+            };
+            fails_and_is_undone("a new record", &|| {
+                store.set(spec("new.test", "A", "10.0.0.2"))
+            });
+            fails_and_is_undone("a record rewritten with another TTL", &|| {
+                store.set(RecordSpec {
+                    ttl: 300,
+                    ..spec("kept.test", "A", "10.0.0.1")
+                })
+            });
+            fails_and_is_undone("a CNAME replacing another", &|| {
+                store.set(spec("alias.test", "CNAME", "other.test"))
+            });
+            fails_and_is_undone("a removal", &|| store.unset("kept.test", None).map(drop));
+            assert_eq!(store.serial(), serial);
+            assert_eq!(store.len(), 2);
+            assert!(store.lookup(&owner("new.test.")).is_none());
+            assert_eq!(store.lookup(&owner("kept.test.")).unwrap()[0].ttl, 0);
+            // The next change commits on top of the restored state.
+            store.set(spec("later.test", "A", "10.0.0.3")).unwrap();
+            assert_eq!(store.serial(), serial + 1);
+        }
+        let store = open(dir.path());
+        let names: Vec<(String, String)> = store
+            .list()
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("alias.test".into(), "kept.test".into()),
+                ("kept.test".into(), "10.0.0.1".into()),
+                ("later.test".into(), "10.0.0.3".into()),
+            ]
+        );
+        assert_eq!(store.serial(), serial + 1);
     }
 
     #[test]

@@ -54,7 +54,7 @@ fn dup_high(fd: RawFd) -> OwnedFd {
 
 /// Starts dnsd the way the supervisor does: fds 3.. announced by LISTEN_FDS/NAMES, the
 /// settings in SECURELY_SETTINGS, the notification socket in SECURELY_NOTIFY_FD.
-fn spawn(dir: &std::path::Path, sockets: &Sockets, notify: &UnixStream) -> Child {
+fn spawn(dir: &std::path::Path, sockets: &Sockets, notify: &UnixStream) -> KilledOnDrop {
     let fds: Vec<OwnedFd> = [
         sockets.udp.as_raw_fd(),
         sockets.tcp.as_raw_fd(),
@@ -100,7 +100,19 @@ fn spawn(dir: &std::path::Path, sockets: &Sockets, notify: &UnixStream) -> Child
     }
     let child = command.spawn().expect("spawning securely-dnsd");
     drop(fds);
-    child
+    KilledOnDrop(child)
+}
+
+/// A dnsd process, killed if a test ends before it exits.
+struct KilledOnDrop(Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// Reads notification lines until `want` arrives.
@@ -122,10 +134,10 @@ fn expect_line(reader: &mut BufReader<UnixStream>, want: &str) -> Vec<String> {
     }
 }
 
-fn wait_exit(child: &mut Child) -> (std::process::ExitStatus, Duration) {
+fn wait_exit(child: &mut KilledOnDrop) -> (std::process::ExitStatus, Duration) {
     let started = Instant::now();
     loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             return (status, started.elapsed());
         }
         assert!(started.elapsed() < EXIT_DEADLINE, "dnsd did not exit");
@@ -175,7 +187,7 @@ fn inherited_sockets_serve_and_survive_a_hand_over() {
 
     // Hand-over: the old instance drains and exits; the sockets stay with us.
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::unistd::Pid::from_raw(first.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
@@ -197,4 +209,26 @@ fn inherited_sockets_serve_and_survive_a_hand_over() {
     let (status, took) = wait_exit(&mut second);
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+#[test]
+fn a_fast_stop_reports_stopping_too() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let sockets = Sockets::bind(dir.path());
+    let (notify, theirs) = UnixStream::pair().unwrap();
+    let mut dnsd = spawn(dir.path(), &sockets, &theirs);
+    drop(theirs);
+    let mut notices = BufReader::new(notify);
+    expect_line(&mut notices, "READY=1");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dnsd.0.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    expect_line(&mut notices, "STOPPING=1");
+    let (status, took) = wait_exit(&mut dnsd);
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
 }

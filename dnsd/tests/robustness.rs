@@ -21,6 +21,21 @@ fn assert_still_serving(dnsd: &Dnsd) {
     }
 }
 
+/// The daemon survived everything so far without a panic in any task (a panicking task
+/// would not kill the process, only its log would tell).
+fn assert_no_panic(dnsd: &Dnsd) {
+    let log = dnsd.log();
+    assert!(!log.contains("panicked"), "a task panicked:\n{log}");
+}
+
+/// A FORMERR reply must have come.
+fn formerr(reply: Option<Vec<u8>>, what: &str) {
+    let bytes = reply.unwrap_or_else(|| panic!("{what}: no reply, FORMERR expected"));
+    let message =
+        Message::from_vec(&bytes).unwrap_or_else(|e| panic!("{what}: unparseable reply: {e}"));
+    assert_eq!(rcode(&message), ResponseCode::FormErr, "{what}");
+}
+
 fn formerr_or_nothing(reply: Option<Vec<u8>>, what: &str) {
     if let Some(bytes) = reply {
         let message =
@@ -38,10 +53,11 @@ fn malformed_packets_get_formerr_or_silence() {
         None
     );
 
-    // A header that promises a question which is not there.
+    // A header that promises a question which is not there: the header parses, so
+    // hickory answers FORMERR.
     let mut promised = query("x.test.", RecordType::A).to_vec().unwrap();
     promised.truncate(12);
-    formerr_or_nothing(
+    formerr(
         udp_raw(dnsd.addr, &promised, REPLY_TIMEOUT),
         "missing question",
     );
@@ -49,7 +65,7 @@ fn malformed_packets_get_formerr_or_silence() {
     // A compression pointer that points at itself.
     let mut looped = promised.clone();
     looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
-    formerr_or_nothing(udp_raw(dnsd.addr, &looped, REPLY_TIMEOUT), "pointer loop");
+    formerr(udp_raw(dnsd.addr, &looped, REPLY_TIMEOUT), "pointer loop");
 
     // Zero questions is a well-formed message but not a query.
     let mut empty = query("x.test.", RecordType::A);
@@ -84,6 +100,7 @@ fn malformed_packets_get_formerr_or_silence() {
         "TCP garbage",
     );
     assert_still_serving(&dnsd);
+    assert_no_panic(&dnsd);
 }
 
 #[test]
@@ -95,6 +112,7 @@ fn a_stalled_tcp_client_does_not_block_anyone() {
     let idle = TcpStream::connect(dnsd.addr).unwrap();
     assert_still_serving(&dnsd);
     drop((stalled, idle));
+    assert_no_panic(&dnsd);
 }
 
 #[test]
@@ -144,6 +162,7 @@ fn questions_dnsd_does_not_serve_get_clear_codes() {
         );
     }
     assert_still_serving(&dnsd);
+    assert_no_panic(&dnsd);
 }
 
 #[test]

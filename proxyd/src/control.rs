@@ -11,8 +11,9 @@
 //! 2. graceful: wait until no request is in flight, at most `grace_period_seconds`
 //!    (a fast request cuts this short); fast: skip the wait;
 //! 3. release pingora's main loop, which drops its runtimes at once;
-//! 4. stop the gRPC server, letting calls in progress finish (bounded);
-//! 5. flush and close the sled tree.
+//! 4. stop the gRPC server: graceful, its calls in flight finish (bounded by the same
+//!    grace period); fast, cut at once;
+//! 5. drop the control runtime, then flush and close the sled tree.
 
 use std::io;
 use std::net::SocketAddr;
@@ -23,22 +24,23 @@ use std::time::Duration;
 
 use pingora::server::ExecutionPhase;
 use securely_core::daemon::Daemon;
-use securely_core::rpc;
-use securely_core::shutdown::ShutdownKind;
-use tokio::sync::{broadcast, watch};
+use securely_core::drain::InFlight;
+use securely_core::rpc::RpcServer;
+use securely_core::shutdown::{Shutdown, ShutdownKind};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinError;
+use tokio::time::Instant;
 use tonic::service::Routes;
 
 use crate::admin::AdminService;
-use crate::drain::{self, DrainOutcome, InFlight, PingoraExit, PingoraRelease};
+use crate::drain::{self, DrainOutcome, PingoraExit, PingoraRelease};
 use crate::listeners;
+use crate::service::ServiceError;
 use crate::store::SiteStore;
 
 /// How long the proxy may take to answer its first request on each listener after
 /// pingora reports it runs.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long gRPC calls in progress get to finish once the proxy has stopped.
-const GRPC_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why the control plane failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,9 @@ pub enum ControlError {
     /// The gRPC server stopped by itself.
     #[error("gRPC server stopped: {0}")]
     Grpc(String),
+    /// The proxy service could not start.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
     /// pingora ended before it ran.
     #[error("pingora stopped before it started serving")]
     PingoraGone,
@@ -71,14 +76,12 @@ pub enum ControlError {
     Store(#[from] sled::Error),
 }
 
-/// Everything the control thread owns.
+/// Everything the control thread owns besides the site store.
 pub struct ControlPlane {
     /// The daemon (settings, readiness, shutdown switch, access rules).
     pub daemon: Daemon,
     /// The gRPC socket.
     pub grpc: UnixListener,
-    /// The sites.
-    pub store: SiteStore,
     /// Requests in flight in the proxy.
     pub in_flight: Arc<InFlight>,
     /// Flipped to stop the proxy accepting.
@@ -87,75 +90,102 @@ pub struct ControlPlane {
     pub pingora: PingoraRelease,
     /// pingora's execution phases, subscribed before `Server::run`.
     pub phases: broadcast::Receiver<ExecutionPhase>,
+    /// Reports the proxy service failing to start.
+    pub service_failure: oneshot::Receiver<ServiceError>,
     /// The HTTP listeners' addresses.
     pub http: Vec<SocketAddr>,
 }
 
+/// What ended the serving phase.
+enum StopCause {
+    /// A shutdown was requested (signal, `Drain`, supervisor gone, readiness failure).
+    Requested(ShutdownKind),
+    /// The proxy service could not start.
+    ServiceFailed(ServiceError),
+    /// The gRPC server ended by itself.
+    GrpcEnded(String),
+}
+
 impl ControlPlane {
-    /// Starts the control thread.
-    pub fn spawn(self) -> io::Result<JoinHandle<Result<(), ControlError>>> {
+    /// Starts the control thread, which owns `store` and closes it last: after its
+    /// runtime is gone, so no task (a gRPC connection cut by the stop, say) still holds it,
+    /// and after site writes in progress have finished.
+    pub fn spawn(self, store: SiteStore) -> io::Result<JoinHandle<Result<(), ControlError>>> {
         std::thread::Builder::new()
             .name("proxyd-control".into())
             .spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
+                let store = Arc::new(store);
+                let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(ControlError::Runtime)?
-                    .block_on(self.run())
+                    .map_err(ControlError::Runtime)?;
+                let outcome = runtime.block_on(self.run(store.clone()));
+                // Ends every task left (their futures are dropped) and waits for blocking
+                // site writes to return.
+                drop(runtime);
+                let closed = close_store(store);
+                if let (Err(_), Err(e)) = (&outcome, &closed) {
+                    tracing::error!("{e}");
+                }
+                outcome.and(closed)
             })
     }
 
-    async fn run(self) -> Result<(), ControlError> {
+    async fn run(self, store: Arc<SiteStore>) -> Result<(), ControlError> {
         let Self {
             daemon,
             grpc,
-            store,
             in_flight,
             stop_accepting,
             pingora,
             phases,
+            mut service_failure,
             http,
         } = self;
         let daemon = Arc::new(daemon);
         let shutdown = daemon.shutdown.clone();
         shutdown.watch_signals().map_err(ControlError::Signals)?;
-        let store = Arc::new(store);
 
         // Serve gRPC.
         let mut listener_urls: Vec<String> = http.iter().map(|a| format!("tcp://{a}")).collect();
         listener_urls.push(format!("unix://{}", daemon.socket_path().display()));
         let routes = Routes::new(daemon.control_service(listener_urls).into_server())
             .add_service(AdminService::new(store.clone(), daemon.access.clone()).into_server());
-        let (grpc_stop, grpc_stopping) = watch::channel(false);
-        let mut grpc_task = Some(tokio::spawn(rpc::serve(
-            grpc,
-            routes,
-            until_true(grpc_stopping),
-        )));
+        let mut grpc = RpcServer::start(grpc, routes);
 
         // Report readiness once the proxy answers.
         let readiness = tokio::spawn(become_ready(daemon.clone(), phases, http, store.clone()));
 
-        // Serve until asked to stop.
-        let mut failure = None;
-        let kind = tokio::select! {
-            kind = shutdown.wait() => kind,
-            ended = wait_some(&mut grpc_task) => {
-                failure = Some(ControlError::Grpc(describe_grpc_end(ended)));
-                ShutdownKind::Fast
+        // Serve until asked to stop. A service failure is checked first: it is reported
+        // before its sockets close, so the readiness probe failing on them comes second.
+        let cause = tokio::select! {
+            biased;
+            failed = service_failed(&mut service_failure) => StopCause::ServiceFailed(failed),
+            kind = shutdown.wait() => StopCause::Requested(kind),
+            reason = grpc.ended() => StopCause::GrpcEnded(reason),
+        };
+        let (kind, mut failure, grpc) = match cause {
+            StopCause::Requested(kind) => (kind, None, Some(grpc)),
+            StopCause::ServiceFailed(e) => {
+                tracing::error!("{e}");
+                (ShutdownKind::Fast, Some(e.into()), Some(grpc))
+            }
+            StopCause::GrpcEnded(reason) => {
+                (ShutdownKind::Fast, Some(ControlError::Grpc(reason)), None)
             }
         };
 
-        // Stop accepting, drain, release pingora; then stop gRPC and close the store.
+        // Stop accepting, drain, release pingora; then stop gRPC.
         tracing::info!("{} shutdown: no longer accepting", describe_kind(kind));
         daemon.stopping();
         stop_accepting.send_replace(true);
+        let grace = daemon.settings.grace_period();
+        let deadline = Instant::now() + grace;
         let exit = match kind {
             ShutdownKind::Graceful => {
-                let grace = daemon.settings.grace_period();
                 log_drain(
                     grace,
-                    drain::wait_for_idle(&in_flight, grace, shutdown.wait_fast()).await,
+                    drain::wait_for_idle(&in_flight, deadline, shutdown.wait_fast()).await,
                 );
                 PingoraExit::Drained
             }
@@ -173,11 +203,9 @@ impl ControlPlane {
             }
             Ok(Ok(())) | Err(_) => {}
         }
-        grpc_stop.send_replace(true);
-        if let Some(task) = grpc_task {
-            stop_grpc(task).await;
+        if let Some(grpc) = grpc {
+            stop_grpc(grpc, kind, &shutdown, deadline).await;
         }
-        close_store(store)?;
         failure.map_or(Ok(()), Err)
     }
 }
@@ -195,17 +223,25 @@ fn log_drain(grace: Duration, outcome: DrainOutcome) {
     }
 }
 
-/// Lets gRPC calls in progress finish, at most [`GRPC_STOP_TIMEOUT`] (the server was told
-/// to stop already).
-async fn stop_grpc(mut task: tokio::task::JoinHandle<Result<(), rpc::ServeError>>) {
-    match tokio::time::timeout(GRPC_STOP_TIMEOUT, &mut task).await {
-        Ok(Ok(Err(e))) => tracing::warn!("gRPC server: {e}"),
-        Ok(_) => {}
-        Err(_) => {
-            tracing::warn!("gRPC calls still running after {GRPC_STOP_TIMEOUT:?}; dropping them");
-            task.abort();
-            let _ = task.await;
-        }
+/// Stops the gRPC server: graceful (its calls in flight finish, until the end of the grace
+/// period) unless the stop is fast, or a fast shutdown has been requested meanwhile.
+async fn stop_grpc(grpc: RpcServer, kind: ShutdownKind, shutdown: &Shutdown, deadline: Instant) {
+    if kind == ShutdownKind::Fast || shutdown.requested() == Some(ShutdownKind::Fast) {
+        grpc.abort();
+        return;
+    }
+    tokio::select! {
+        () = grpc.stop(deadline) => {}
+        // Dropping the stop leaves the server to the runtime, which is dropped next.
+        () = shutdown.wait_fast() => tracing::warn!("fast shutdown requested; cutting gRPC calls short"),
+    }
+}
+
+/// Resolves with the service's failure; pends forever if it never reports one.
+async fn service_failed(failure: &mut oneshot::Receiver<ServiceError>) -> ServiceError {
+    match failure.await {
+        Ok(e) => e,
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -259,8 +295,8 @@ async fn become_ready(
     }
 }
 
-/// Flushes and closes the sled tree. Every other handle is gone by now (the gRPC server
-/// and the readiness task have ended); should one survive, the tree is still flushed.
+/// Flushes and closes the sled tree. Every other handle is gone by now (the runtime and
+/// its tasks are); should one survive, the tree is still flushed.
 fn close_store(store: Arc<SiteStore>) -> Result<(), ControlError> {
     match Arc::try_unwrap(store) {
         Ok(store) => store.close()?,
@@ -270,31 +306,6 @@ fn close_store(store: Arc<SiteStore>) -> Result<(), ControlError> {
         }
     }
     Ok(())
-}
-
-/// Resolves once the watched value is true (or its sender is gone).
-async fn until_true(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
-/// Awaits the task in `slot` and empties the slot; pends forever when it is empty.
-async fn wait_some<T>(slot: &mut Option<tokio::task::JoinHandle<T>>) -> Result<T, JoinError> {
-    match slot {
-        Some(task) => {
-            let ended = task.await;
-            *slot = None;
-            ended
-        }
-        None => std::future::pending().await,
-    }
-}
-
-fn describe_grpc_end(ended: Result<Result<(), rpc::ServeError>, JoinError>) -> String {
-    match ended {
-        Ok(Ok(())) => "ended without being asked to".into(),
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    }
 }
 
 fn describe_kind(kind: ShutdownKind) -> &'static str {

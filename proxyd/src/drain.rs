@@ -12,63 +12,11 @@
 //!    is zero (see [`crate::conf`]), so its runtimes are dropped at once.
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
-use tokio::sync::{Notify, watch};
-
-/// Requests between "header read" and "done", across all proxy threads.
-#[derive(Debug, Default)]
-pub struct InFlight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlight {
-    /// A counter at zero.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    /// Counts one request until the guard is dropped (whatever way the request ends).
-    pub fn enter(self: &Arc<Self>) -> RequestGuard {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        RequestGuard(self.clone())
-    }
-
-    /// Requests in flight now.
-    pub fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
-    }
-
-    /// Resolves once no request is in flight.
-    pub async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            // Register before checking, so a request ending in between is not missed.
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// One request in flight; dropping it ends the request's count.
-#[derive(Debug)]
-pub struct RequestGuard(Arc<InFlight>);
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+use securely_core::drain::InFlight;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,15 +35,16 @@ pub enum DrainOutcome {
     },
 }
 
-/// Waits until no request is in flight, at most `grace`, or until `interrupt` resolves.
+/// Waits until no request is in flight, at most until `deadline` (the end of the grace
+/// period), or until `interrupt` resolves.
 pub async fn wait_for_idle(
     in_flight: &InFlight,
-    grace: Duration,
+    deadline: Instant,
     interrupt: impl Future<Output = ()>,
 ) -> DrainOutcome {
     tokio::select! {
         () = in_flight.idle() => DrainOutcome::Idle,
-        () = tokio::time::sleep(grace) => DrainOutcome::GraceExpired { in_flight: in_flight.count() },
+        () = tokio::time::sleep_until(deadline) => DrainOutcome::GraceExpired { in_flight: in_flight.count() },
         () = interrupt => DrainOutcome::Interrupted { in_flight: in_flight.count() },
     }
 }
@@ -150,45 +99,31 @@ impl ShutdownSignalWatch for PingoraShutdownWatch {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[tokio::test]
-    async fn idle_waits_for_the_last_request() {
-        let in_flight = InFlight::new();
-        in_flight.idle().await;
-        let a = in_flight.enter();
-        let b = in_flight.enter();
-        assert_eq!(in_flight.count(), 2);
-        let waiter = {
-            let in_flight = in_flight.clone();
-            tokio::spawn(async move { in_flight.idle().await })
-        };
-        drop(a);
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        drop(b);
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(in_flight.count(), 0);
-    }
+    use super::*;
 
     #[tokio::test]
     async fn a_drain_ends_by_work_grace_or_interruption() {
         let in_flight = InFlight::new();
         let never = std::future::pending::<()>;
+        let later = || Instant::now() + Duration::from_secs(60);
         assert_eq!(
-            wait_for_idle(&in_flight, Duration::from_secs(60), never()).await,
+            wait_for_idle(&in_flight, later(), never()).await,
             DrainOutcome::Idle
         );
         let _stuck = in_flight.enter();
         assert_eq!(
-            wait_for_idle(&in_flight, Duration::from_millis(10), never()).await,
+            wait_for_idle(
+                &in_flight,
+                Instant::now() + Duration::from_millis(10),
+                never()
+            )
+            .await,
             DrainOutcome::GraceExpired { in_flight: 1 }
         );
         assert_eq!(
-            wait_for_idle(&in_flight, Duration::from_secs(60), async {}).await,
+            wait_for_idle(&in_flight, later(), async {}).await,
             DrainOutcome::Interrupted { in_flight: 1 }
         );
     }

@@ -20,8 +20,9 @@
 //! build the listeners before the table is filled. The keys are the sockets' own local
 //! addresses (getsockname), and the same strings are given to `add_tcp`, so every lookup
 //! hits. pingora wraps the fd in a tokio listener without changing its flags, so each
-//! socket is made `O_NONBLOCK` here (a blocking one would stall a worker thread in
-//! `accept` and the proxy would silently never answer).
+//! socket must be `O_NONBLOCK` (a blocking one would stall a worker thread in `accept`
+//! and the proxy would silently never answer): `bind::tcp` binds it so, and an inherited
+//! one is made so here, whatever the parent left.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -94,11 +95,10 @@ impl HttpListener {
         Ok(Self { listener, addr })
     }
 
-    /// Binds `addr` (standalone), non-blocking.
+    /// Binds `addr` (standalone); [`securely_core::bind::tcp`] makes it non-blocking.
     pub fn bind(addr: SocketAddr) -> Result<Self, ListenerError> {
         let bind_error = |source| ListenerError::Bind { addr, source };
         let listener = securely_core::bind::tcp(addr).map_err(bind_error)?;
-        listener.set_nonblocking(true).map_err(bind_error)?;
         let addr = listener.local_addr().map_err(bind_error)?;
         Ok(Self { listener, addr })
     }

@@ -16,9 +16,12 @@ mod admin;
 mod conf;
 mod control;
 mod drain;
+mod forwarding;
 mod listeners;
+mod loops;
 mod pages;
 mod proxy;
+mod resolve;
 mod routing;
 mod service;
 mod sites;
@@ -31,11 +34,12 @@ use anyhow::{Context, anyhow};
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
 use securely_core::daemon::Daemon;
-use tokio::sync::watch;
+use securely_core::drain::InFlight;
+use tokio::sync::{oneshot, watch};
 
 use crate::control::ControlPlane;
-use crate::drain::InFlight;
 use crate::listeners::HttpListener;
+use crate::loops::OwnListeners;
 use crate::proxy::SiteProxy;
 use crate::routing::Routes;
 use crate::service::ProxyService;
@@ -57,6 +61,7 @@ fn run() -> anyhow::Result<()> {
 
     // 2. sockets
     let http = listeners::take(&mut daemon)?;
+    let http_addrs: Vec<_> = http.iter().map(HttpListener::addr).collect();
     let grpc = daemon.grpc_listener()?;
 
     // 3. store
@@ -64,6 +69,7 @@ fn run() -> anyhow::Result<()> {
     let store = SiteStore::open(
         daemon.open_tree()?,
         &daemon.settings.dns.tld,
+        OwnListeners::new(http_addrs.clone()),
         routes.clone(),
     )
     .context("loading sites")?;
@@ -72,15 +78,16 @@ fn run() -> anyhow::Result<()> {
     let in_flight = InFlight::new();
     let (stop_accepting, accepting) = watch::channel(false);
     let (pingora_release, pingora_watch) = drain::pingora_release();
+    let (service_failed, service_failure) = oneshot::channel();
     let mut server =
         Server::new_with_opt_and_conf(None::<Opt>, conf::server_conf(&daemon.settings));
-    let http_addrs = http.iter().map(HttpListener::addr).collect();
     let proxy = SiteProxy::new(routes, in_flight.clone());
     server.add_service(ProxyService::new(
         &server.configuration,
         proxy,
         http,
         accepting,
+        service_failed,
     ));
     let phases = server.watch_execution_phase();
 
@@ -88,14 +95,14 @@ fn run() -> anyhow::Result<()> {
     let control = ControlPlane {
         daemon,
         grpc,
-        store,
         in_flight,
         stop_accepting,
         pingora: pingora_release,
         phases,
+        service_failure,
         http: http_addrs,
     }
-    .spawn()
+    .spawn(store)
     .context("starting the control thread")?;
 
     // 6. run

@@ -1,5 +1,6 @@
 //! The pages proxyd answers with itself: unknown host (404), no or bad Host (400),
-//! backend unreachable (502) and other failures. Everything interpolated is HTML-escaped.
+//! backend unreachable (502), backend too slow (504), a request going round in a loop
+//! (508) and other failures. Everything interpolated is HTML-escaped.
 
 use bytes::Bytes;
 
@@ -52,6 +53,42 @@ pub fn backend_unreachable(site: &str, target: &str, reason: &str) -> Page {
             escape_html(site),
             escape_html(target),
             escape_html(reason)
+        ),
+    )
+}
+
+/// 504: the site's backend accepted the request but sent nothing for `timeout_secs`.
+pub fn backend_timeout(site: &str, target: &str, timeout_secs: u64) -> Page {
+    render(
+        504,
+        "Gateway Timeout",
+        &format!(
+            "<p>Site <code>{}</code> forwards to <code>{}</code>, which sent nothing for \
+             {timeout_secs} seconds.</p>",
+            escape_html(site),
+            escape_html(target)
+        ),
+    )
+}
+
+/// 508: the request has been through proxyd already, so the site (when known) leads back
+/// to proxyd itself.
+pub fn loop_detected(host: &str, site: Option<(&str, &str)>) -> Page {
+    let cause = match site {
+        Some((site, target)) => format!(
+            "Site <code>{}</code> forwards to <code>{}</code>, which leads back to proxyd.",
+            escape_html(site),
+            escape_html(target)
+        ),
+        None => "It was sent back to proxyd by a site that forwards to proxyd itself.".into(),
+    };
+    render(
+        508,
+        "Loop Detected",
+        &format!(
+            "<p>The request for <code>{}</code> has been through securely-proxyd already. \
+             {cause}</p>\n<p>Link the site to the app's own address instead.</p>",
+            escape_html(host)
         ),
     )
 }
@@ -130,6 +167,21 @@ mod tests {
         assert!(text(&page).contains("<code>app</code>"));
         assert!(text(&page).contains("127.0.0.1:9"));
         assert!(text(&page).contains("refused"));
+    }
+
+    #[test]
+    fn the_504_and_508_pages_explain_themselves() {
+        let page = backend_timeout("app", "127.0.0.1:9", 300);
+        assert_eq!(page.status, 504);
+        assert!(text(&page).contains("504 Gateway Timeout"));
+        assert!(text(&page).contains("nothing for 300 seconds"));
+
+        let page = loop_detected("<app>.test", Some(("app", "127.0.0.1:8080")));
+        assert_eq!(page.status, 508);
+        assert!(text(&page).contains("508 Loop Detected"));
+        assert!(text(&page).contains("&lt;app&gt;.test"));
+        assert!(text(&page).contains("<code>127.0.0.1:8080</code>"));
+        assert!(text(&loop_detected("x.test", None)).contains("x.test"));
     }
 
     #[test]

@@ -1,59 +1,74 @@
-//! The proxy logic, phase by phase: route by Host, forward with `X-Forwarded-*`, and
-//! answer with proxyd's own pages when there is nowhere (or no one) to forward to.
+//! The proxy logic, phase by phase: route by Host, forward with `X-Forwarded-*` and
+//! `Via`, and answer with proxyd's own pages when there is nowhere (or no one) to forward
+//! to.
 //!
 //! * `new_ctx`: the request counts as in flight until its context is dropped.
-//! * `request_filter`: Host (or the URI's authority) -> site; 400 without a host, 404
-//!   when no site serves it.
-//! * `upstream_peer`: the site's target, resolved when it is a hostname; each address is
-//!   tried in turn (`fail_to_connect` asks for a retry while some remain).
-//! * `upstream_request_filter`: `X-Forwarded-For/Proto/Host`; the Host header is left as
-//!   the client sent it.
-//! * `fail_to_proxy`: 502 naming the site when its backend cannot be reached.
+//! * `request_filter`: Host -> site; 400 without a host, 508 when the request has been
+//!   through proxyd already (see [`crate::loops`]), 404 when no site serves it. `CONNECT`
+//!   never gets here: pingora answers it 405 itself (`allow_connect_method_proxying` is
+//!   off by default).
+//! * `upstream_peer`: the site's target, resolved when it is a hostname (see
+//!   [`crate::resolve`]); each address is tried in turn (`fail_to_connect` asks for a
+//!   retry while some remain).
+//! * `upstream_request_filter`: the forwarding headers (see [`crate::forwarding`]); the
+//!   Host header is left as the client sent it.
+//! * `fail_to_proxy`: 502 naming the site when its backend cannot be reached, 504 when it
+//!   goes silent for [`UPSTREAM_READ_TIMEOUT`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use http::header;
-use pingora::ErrorType::{self, ConnectNoRoute, ConnectRefused, ConnectTimedout, HTTPStatus};
+use pingora::ErrorType::{
+    self, ConnectNoRoute, ConnectRefused, ConnectTimedout, HTTPStatus, ReadTimedout,
+};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource};
+use securely_core::drain::{InFlight, InFlightGuard};
 
-use crate::drain::{InFlight, RequestGuard};
+use crate::forwarding;
+use crate::loops;
 use crate::pages::{self, Page};
+use crate::resolve::{Addresses, Resolver};
 use crate::routing::{Route, Routes, normalize_host};
-use crate::sites::{Target, TargetHost};
 
 /// How long to wait for a backend to accept the TCP connection.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long to wait for the system resolver when a site's target is a hostname.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a backend may stay silent while proxyd waits for its response (each read of
+/// the header or the body). Generous, so that long polling and server-sent events with
+/// sparse heartbeats keep working; a backend silent for longer gets the client a 504.
+pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The `ProxyHttp` implementation: routes requests to the linked sites.
 pub struct SiteProxy {
     routes: Arc<Routes>,
     in_flight: Arc<InFlight>,
+    resolver: Resolver,
 }
 
 impl SiteProxy {
     /// A proxy reading the live routing table and counting requests in `in_flight`.
     pub fn new(routes: Arc<Routes>, in_flight: Arc<InFlight>) -> Self {
-        Self { routes, in_flight }
+        Self {
+            routes,
+            in_flight,
+            resolver: Resolver::default(),
+        }
     }
 }
 
 /// Per-request state.
 pub struct RequestCtx {
-    _in_flight: RequestGuard,
+    _in_flight: InFlightGuard,
     /// The site, once routed.
     route: Option<Arc<Route>>,
-    /// The host as the client sent it (Host header or authority).
-    client_host: Option<String>,
+    /// The Host header as the client sent it.
+    client_host: String,
     /// The backend's addresses, resolved on the first attempt.
-    candidates: Vec<SocketAddr>,
+    candidates: Addresses,
     /// Index into `candidates` of the address being tried.
     attempt: usize,
     /// Why the last connection attempt failed, for the 502 page.
@@ -68,8 +83,8 @@ impl ProxyHttp for SiteProxy {
         RequestCtx {
             _in_flight: self.in_flight.enter(),
             route: None,
-            client_host: None,
-            candidates: Vec::new(),
+            client_host: String::new(),
+            candidates: Arc::from([]),
             attempt: 0,
             last_failure: None,
         }
@@ -91,10 +106,19 @@ impl ProxyHttp for SiteProxy {
             respond(session, &pages::missing_host("The Host header is empty.")).await?;
             return Ok(true);
         };
-        match self.routes.route(&host) {
+        let route = self.routes.route(&host);
+        if loops::passed_through(session.req_header()) {
+            tracing::warn!(%host, "request came back to proxyd: its site forwards to proxyd");
+            let target = route.as_deref().map(|r| r.target.to_string());
+            let site = route.as_deref().map(|r| r.site.as_str());
+            let page = pages::loop_detected(&host, site.zip(target.as_deref()));
+            respond(session, &page).await?;
+            return Ok(true);
+        }
+        match route {
             Some(route) => {
                 ctx.route = Some(route);
-                ctx.client_host = Some(raw);
+                ctx.client_host = raw;
                 Ok(false)
             }
             None => {
@@ -117,7 +141,7 @@ impl ProxyHttp for SiteProxy {
             ));
         };
         if ctx.candidates.is_empty() {
-            match resolve(&route.target).await {
+            match self.resolver.resolve(&route.target).await {
                 Ok(addrs) => ctx.candidates = addrs,
                 Err(reason) => {
                     let mut e =
@@ -131,6 +155,7 @@ impl ProxyHttp for SiteProxy {
         let index = ctx.attempt.min(ctx.candidates.len() - 1);
         let mut peer = HttpPeer::new(ctx.candidates[index], false, String::new());
         peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
+        peer.options.read_timeout = Some(UPSTREAM_READ_TIMEOUT);
         Ok(Box::new(peer))
     }
 
@@ -159,20 +184,8 @@ impl ProxyHttp for SiteProxy {
         let client_ip = session
             .client_addr()
             .and_then(|addr| addr.as_inet())
-            .map(|addr| addr.ip().to_canonical());
-        if let Some(ip) = client_ip {
-            let forwarded_for = append_forwarded_for(upstream_request, &ip.to_string());
-            upstream_request.insert_header("x-forwarded-for", forwarded_for)?;
-        }
-        upstream_request.insert_header("x-forwarded-proto", "http")?;
-        if let Some(host) = &ctx.client_host {
-            upstream_request.insert_header("x-forwarded-host", host.as_str())?;
-            if !upstream_request.headers.contains_key(header::HOST) {
-                // An HTTP/2 request may carry its host only as :authority.
-                upstream_request.insert_header(header::HOST, host.as_str())?;
-            }
-        }
-        Ok(())
+            .map(|addr| addr.ip());
+        forwarding::add_forwarding_headers(upstream_request, client_ip, &ctx.client_host)
     }
 
     async fn fail_to_proxy(
@@ -190,6 +203,11 @@ impl ProxyHttp for SiteProxy {
                     ctx.last_failure
                         .as_deref()
                         .unwrap_or("the connection failed before a complete response came back"),
+                ),
+                (Some(route), 504) => pages::backend_timeout(
+                    &route.site,
+                    &route.target.to_string(),
+                    UPSTREAM_READ_TIMEOUT.as_secs(),
                 ),
                 _ => pages::failure(code),
             };
@@ -216,13 +234,10 @@ impl ProxyHttp for SiteProxy {
     }
 }
 
-/// The host a request is for: the URI's authority (HTTP/2 `:authority`; pingora keeps an
-/// HTTP/1 absolute-form authority out of the URI and reconciles it with Host itself) or
-/// the one Host header. Explains what is wrong otherwise.
+/// The host a request is for: its one Host header (HTTP/1.1 requires one, and pingora
+/// keeps an absolute-form target's authority out of the URI after checking that it
+/// matches Host). Explains what is wrong otherwise.
 fn client_host(request: &RequestHeader) -> Result<String, &'static str> {
-    if let Some(authority) = request.uri.authority() {
-        return Ok(authority.as_str().to_string());
-    }
     let mut hosts = request.headers.get_all(header::HOST).iter();
     let host = hosts.next().ok_or("The request has no Host header.")?;
     if hosts.next().is_some() {
@@ -231,43 +246,6 @@ fn client_host(request: &RequestHeader) -> Result<String, &'static str> {
     host.to_str()
         .map(str::to_string)
         .map_err(|_| "The Host header is not plain text.")
-}
-
-/// The `X-Forwarded-For` value: every value the request already carries, then `client`.
-fn append_forwarded_for(request: &RequestHeader, client: &str) -> Vec<u8> {
-    let mut value = Vec::new();
-    for prior in request.headers.get_all("x-forwarded-for") {
-        let prior = prior.as_bytes().trim_ascii();
-        if !prior.is_empty() {
-            value.extend_from_slice(prior);
-            value.extend_from_slice(b", ");
-        }
-    }
-    value.extend_from_slice(client.as_bytes());
-    value
-}
-
-/// The backend's addresses: the IP itself, or what the resolver says for a hostname.
-async fn resolve(target: &Target) -> Result<Vec<SocketAddr>, String> {
-    let name = match &target.host {
-        TargetHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, target.port)]),
-        TargetHost::Name(name) => name.as_str(),
-    };
-    let lookup = tokio::net::lookup_host((name, target.port));
-    let addrs: Vec<SocketAddr> = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
-        Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(e)) => return Err(format!("{name} could not be resolved ({e})")),
-        Err(_) => {
-            return Err(format!(
-                "resolving {name} took longer than {}s",
-                RESOLVE_TIMEOUT.as_secs()
-            ));
-        }
-    };
-    if addrs.is_empty() {
-        return Err(format!("{name} resolves to no address"));
-    }
-    Ok(addrs)
 }
 
 fn describe_connect_failure(kind: &ErrorType) -> String {
@@ -282,12 +260,14 @@ fn describe_connect_failure(kind: &ErrorType) -> String {
     }
 }
 
-/// The status pingora's default `fail_to_proxy` would answer with (0: the client is
-/// gone, answer nothing).
+/// The status to answer a failure with (0: the client is gone, answer nothing): what
+/// pingora's default `fail_to_proxy` would answer, except that a backend that stayed
+/// silent past [`UPSTREAM_READ_TIMEOUT`] gets 504, as nginx answers.
 fn status_for(e: &Error) -> u16 {
     match e.etype() {
         HTTPStatus(code) => *code,
         _ => match e.esource() {
+            ErrorSource::Upstream if matches!(e.etype(), ReadTimedout) => 504,
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
@@ -325,7 +305,7 @@ mod tests {
     }
 
     #[test]
-    fn the_host_comes_from_the_one_host_header_or_the_authority() {
+    fn the_host_comes_from_the_one_host_header() {
         assert_eq!(
             client_host(&request(&[("Host", "App.Test:80")])).unwrap(),
             "App.Test:80"
@@ -336,50 +316,31 @@ mod tests {
                 .unwrap_err()
                 .contains("more than one")
         );
-        // HTTP/2 carries the host as :authority, which lands in the URI.
-        let mut h2 = request(&[]);
-        h2.set_uri("http://a.test:8080/x".parse().unwrap());
-        assert_eq!(client_host(&h2).unwrap(), "a.test:8080");
+        let mut binary = request(&[]);
+        binary
+            .append_header(
+                "Host",
+                http::HeaderValue::from_bytes(b"\xffx.test").unwrap(),
+            )
+            .unwrap();
+        assert!(client_host(&binary).unwrap_err().contains("plain text"));
     }
 
     #[test]
-    fn forwarded_for_appends_the_client_to_every_prior_value() {
-        assert_eq!(append_forwarded_for(&request(&[]), "10.0.0.9"), b"10.0.0.9");
-        let req = request(&[
-            ("X-Forwarded-For", "1.1.1.1, 2.2.2.2"),
-            ("x-forwarded-for", " 3.3.3.3 "),
-        ]);
-        assert_eq!(
-            append_forwarded_for(&req, "10.0.0.9"),
-            b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
-        );
-    }
-
-    #[test]
-    fn failures_map_to_statuses_like_pingora_does() {
+    fn failures_map_to_statuses_like_pingora_does_but_a_silent_backend_gets_504() {
         let mut up = Error::new(ConnectRefused);
         up.as_up();
         assert_eq!(status_for(&up), 502);
+        let mut silent = Error::new(ReadTimedout);
+        silent.as_up();
+        assert_eq!(status_for(&silent), 504);
+        let mut slow_client = Error::new(ReadTimedout);
+        slow_client.as_down();
+        assert_eq!(status_for(&slow_client), 400);
         let mut down = Error::new(ErrorType::ReadError);
         down.as_down();
         assert_eq!(status_for(&down), 0);
         assert_eq!(status_for(&Error::new(HTTPStatus(413))), 413);
         assert_eq!(status_for(&Error::new(ErrorType::InternalError)), 500);
-    }
-
-    #[tokio::test]
-    async fn ip_targets_need_no_resolver_and_bad_names_explain_themselves() {
-        let ip = Target::parse("127.0.0.1:9").unwrap();
-        assert_eq!(
-            resolve(&ip).await.unwrap(),
-            vec!["127.0.0.1:9".parse().unwrap()]
-        );
-        let bad = Target::parse("no-such-host.invalid:80").unwrap();
-        assert!(
-            resolve(&bad)
-                .await
-                .unwrap_err()
-                .contains("no-such-host.invalid")
-        );
     }
 }

@@ -75,7 +75,6 @@ impl Routes {
     }
 
     /// The table as it is now; later changes do not affect the snapshot.
-    #[cfg(test)]
     pub fn snapshot(&self) -> Arc<RoutingTable> {
         self.current.load_full()
     }

@@ -4,13 +4,18 @@
 //! A site named `myapp` serves `myapp.<tld>` plus any hostnames listed explicitly. Names
 //! and hostnames are kept lowercased, so the proxy path compares them byte for byte.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use securely_core::settings::is_dns_label;
+use securely_core::names::{is_dns_label, normalize_hostname};
 
-/// The longest hostname DNS can carry, in bytes, without the trailing dot.
-pub const MAX_HOSTNAME_LEN: usize = 253;
+/// The most extra hostnames one site may have. It bounds the work and the memory one
+/// `LinkSite` call can cause; a site needing more is better split up.
+pub const MAX_HOSTNAMES: usize = 256;
+/// Whether hostnames (of sites and of targets) may contain `_`: no, HTTP hostnames are
+/// DNS hostnames (letters, digits, hyphens).
+const ALLOW_UNDERSCORE: bool = false;
 
 /// A request argument that does not pass the checks, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,7 +28,8 @@ pub struct InvalidField {
 }
 
 impl InvalidField {
-    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             problem: problem.into(),
@@ -32,7 +38,7 @@ impl InvalidField {
 }
 
 /// Where a site's requests go: plain HTTP to `host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// An IP address, or a hostname resolved when a request arrives.
     pub host: TargetHost,
@@ -41,11 +47,11 @@ pub struct Target {
 }
 
 /// The host part of a [`Target`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TargetHost {
     /// Connected to directly.
     Ip(IpAddr),
-    /// Resolved through the system resolver on each request (lowercased).
+    /// Resolved through the system resolver (lowercased; see [`crate::resolve`]).
     Name(String),
 }
 
@@ -90,7 +96,7 @@ impl Target {
                 port,
             });
         }
-        let name = normalize_hostname(host).map_err(|problem| {
+        let name = normalize_hostname(host, ALLOW_UNDERSCORE).map_err(|problem| {
             invalid(format!(
                 "{host:?} is neither an IP address nor a hostname: {problem}"
             ))
@@ -123,8 +129,10 @@ pub struct Site {
 }
 
 impl Site {
-    /// Checks and normalises the arguments of a `LinkSite` request. `tld` is the local
-    /// top-level domain (`settings.dns.tld`), already normalised with [`normalize_tld`].
+    /// Checks and normalises the arguments of a `LinkSite` request: at most
+    /// [`MAX_HOSTNAMES`] extra hostnames, kept in their first order without duplicates.
+    /// `tld` is the local top-level domain as the resolved settings hold it (lowercase,
+    /// no trailing dot).
     pub fn new(
         name: &str,
         target: &str,
@@ -133,12 +141,23 @@ impl Site {
     ) -> Result<Self, InvalidField> {
         let name = parse_name(name)?;
         let target = Target::parse(target)?;
+        if hostnames.len() > MAX_HOSTNAMES {
+            return Err(InvalidField::new(
+                "hostnames",
+                format!(
+                    "{} hostnames given; a site has at most {MAX_HOSTNAMES}",
+                    hostnames.len()
+                ),
+            ));
+        }
         let primary = primary_hostname(&name, tld);
+        let mut seen: HashSet<String> = HashSet::with_capacity(hostnames.len() + 1);
+        seen.insert(primary);
         let mut kept: Vec<String> = Vec::with_capacity(hostnames.len());
         for (i, raw) in hostnames.iter().enumerate() {
-            let hostname = normalize_hostname(raw)
+            let hostname = normalize_hostname(raw, ALLOW_UNDERSCORE)
                 .map_err(|problem| InvalidField::new(format!("hostnames[{i}]"), problem))?;
-            if hostname != primary && !kept.contains(&hostname) {
+            if seen.insert(hostname.clone()) {
                 kept.push(hostname);
             }
         }
@@ -163,11 +182,6 @@ pub fn primary_hostname(name: &str, tld: &str) -> String {
     format!("{name}.{tld}")
 }
 
-/// The TLD from the settings, lowercased and without a trailing dot.
-pub fn normalize_tld(tld: &str) -> String {
-    tld.trim_end_matches('.').to_ascii_lowercase()
-}
-
 /// Checks a site name: one DNS label, lowercased.
 pub fn parse_name(raw: &str) -> Result<String, InvalidField> {
     if raw.is_empty() {
@@ -183,28 +197,6 @@ pub fn parse_name(raw: &str) -> Result<String, InvalidField> {
         ));
     }
     Ok(name)
-}
-
-/// Checks a hostname: dot-separated DNS labels, at most [`MAX_HOSTNAME_LEN`] bytes. One
-/// trailing dot is dropped and letters are lowercased. Returns the problem otherwise.
-pub fn normalize_hostname(raw: &str) -> Result<String, String> {
-    let trimmed = raw.strip_suffix('.').unwrap_or(raw);
-    if trimmed.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if trimmed.len() > MAX_HOSTNAME_LEN {
-        return Err(format!(
-            "is {} bytes long; a hostname has at most {MAX_HOSTNAME_LEN}",
-            trimmed.len()
-        ));
-    }
-    let hostname = trimmed.to_ascii_lowercase();
-    if let Some(label) = hostname.split('.').find(|label| !is_dns_label(label)) {
-        return Err(format!(
-            "{raw:?} is not a valid hostname (label {label:?}: letters, digits and inner hyphens, 1 to 63 characters)"
-        ));
-    }
-    Ok(hostname)
 }
 
 #[cfg(test)]
@@ -276,15 +268,26 @@ mod tests {
         let err = site("app", "127.0.0.1:1", &[""]).unwrap_err();
         assert_eq!(err.field, "hostnames[0]");
         let long = format!("{}.example", "a.".repeat(130));
-        assert!(
-            normalize_hostname(&long)
-                .unwrap_err()
-                .contains("at most 253")
-        );
+        let err = site("app", "127.0.0.1:1", &[long.as_str()]).unwrap_err();
+        assert!(err.problem.contains("at most 253"), "{}", err.problem);
     }
 
     #[test]
-    fn the_tld_is_normalised() {
-        assert_eq!(normalize_tld("Test."), "test");
+    fn a_site_has_at_most_max_hostnames() {
+        let many: Vec<String> = (0..MAX_HOSTNAMES)
+            .map(|i| format!("h{i}.example"))
+            .collect();
+        let s = Site::new("app", "127.0.0.1:1", &many, "test").unwrap();
+        assert_eq!(s.hostnames.len(), MAX_HOSTNAMES);
+
+        let too_many: Vec<String> = (0..=MAX_HOSTNAMES)
+            .map(|i| format!("h{i}.example"))
+            .collect();
+        let err = Site::new("app", "127.0.0.1:1", &too_many, "test").unwrap_err();
+        assert_eq!(err.field, "hostnames");
+        assert!(err.problem.contains("at most 256"), "{}", err.problem);
+        // Duplicates count against the limit too: the bound is on the request's size.
+        let repeated = vec!["same.example".to_string(); MAX_HOSTNAMES + 1];
+        assert!(Site::new("app", "127.0.0.1:1", &repeated, "test").is_err());
     }
 }

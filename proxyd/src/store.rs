@@ -1,18 +1,23 @@
 //! The sites, kept in proxyd's sled tree and mirrored in memory.
 //!
-//! sled is the record; the in-memory map answers `ListSites` and the conflict checks, and
-//! every change rebuilds the routing table and publishes it to the proxy. A write is
-//! flushed before the call returns, so an acknowledged `LinkSite` survives a crash.
-//! Writes are serialised by one mutex, which makes "check the hostnames are free, then
-//! write" atomic.
+//! sled is the record. Every change is flushed before the call returns (an acknowledged
+//! `LinkSite` survives a crash), then published: a new snapshot of the sites (for
+//! `ListSites` and the status line) and a new routing table (for the proxy, and for the
+//! conflict checks: one lookup per hostname). Readers load the snapshots and never wait.
+//! Writers are serialised by a lock that only writers take, which makes "check the
+//! hostnames are free, write, flush, publish" atomic without stalling any reader behind a
+//! slow disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
+use crate::loops::OwnListeners;
 use crate::routing::{Routes, RoutingTable};
-use crate::sites::{InvalidField, Site, normalize_tld, primary_hostname};
+use crate::sites::{InvalidField, Site, TargetHost, primary_hostname};
 
 /// The sled tree (inside proxyd's database) that holds one record per site.
 const SITES_TREE: &str = "sites";
@@ -51,48 +56,70 @@ pub enum StoreError {
     Encode(#[from] bincode::error::EncodeError),
 }
 
+/// The sites by name.
+type Sites = BTreeMap<String, Site>;
+
 /// The sled-backed set of sites.
 pub struct SiteStore {
     db: sled::Db,
     tree: sled::Tree,
     tld: String,
-    sites: Mutex<BTreeMap<String, Site>>,
+    own: OwnListeners,
+    /// Taken by writers only, for the whole check-write-flush-publish step.
+    writer: Mutex<()>,
+    /// The sites as of the last completed change.
+    sites: ArcSwap<Sites>,
     routes: Arc<Routes>,
 }
 
 impl SiteStore {
-    /// Loads the sites from proxyd's database and publishes their routing table. Records
-    /// that no longer pass the checks (say, after the TLD changed) are skipped with a
-    /// warning, never fatal.
-    pub fn open(db: sled::Db, tld: &str, routes: Arc<Routes>) -> Result<Self, StoreError> {
+    /// Loads the sites from proxyd's database and publishes their routing table. `tld` is
+    /// the local TLD as the resolved settings hold it (lowercase, no trailing dot); `own`
+    /// are proxyd's listeners, which no site may target. Records that no longer pass the
+    /// checks (say, after the TLD changed) are skipped with a warning, never fatal.
+    pub fn open(
+        db: sled::Db,
+        tld: &str,
+        own: OwnListeners,
+        routes: Arc<Routes>,
+    ) -> Result<Self, StoreError> {
         let tree = db.open_tree(SITES_TREE)?;
-        let tld = normalize_tld(tld);
-        let mut sites = BTreeMap::new();
+        let tld = tld.to_string();
+        let mut sites = Sites::new();
+        let mut owners: HashMap<String, String> = HashMap::new();
         for record in tree.iter() {
             let (key, value) = record?;
             match decode(&key, &value, &tld) {
-                Ok(site) => match first_conflict(&sites, &site, &tld) {
-                    None => {
-                        sites.insert(site.name.clone(), site);
+                Ok(site) => {
+                    match first_conflict(&site, &tld, |h| owners.get(h).map(String::as_str)) {
+                        None => {
+                            for hostname in site.serves(&tld) {
+                                owners.insert(hostname, site.name.clone());
+                            }
+                            sites.insert(site.name.clone(), site);
+                        }
+                        Some(taken) => {
+                            tracing::warn!(site = %site.name, "stored site skipped: {taken}")
+                        }
                     }
-                    Some(taken) => {
-                        tracing::warn!(site = %site.name, "stored site skipped: {taken}")
-                    }
-                },
+                }
                 Err(problem) => tracing::warn!(
                     key = %String::from_utf8_lossy(&key),
                     "stored site skipped: {problem}"
                 ),
             }
         }
-        routes.publish(RoutingTable::build(sites.values(), &tld));
-        Ok(Self {
+        let store = Self {
             db,
             tree,
             tld,
-            sites: Mutex::new(sites),
+            own,
+            writer: Mutex::new(()),
+            sites: ArcSwap::from_pointee(Sites::new()),
             routes,
-        })
+        };
+        store.publish(sites);
+        Ok(store)
     }
 
     /// The local TLD every site name lives under.
@@ -103,44 +130,50 @@ impl SiteStore {
     /// Creates or replaces the site `name`.
     pub fn link(&self, name: &str, target: &str, hostnames: &[String]) -> Result<Site, StoreError> {
         let site = Site::new(name, target, hostnames, &self.tld)?;
-        let mut sites = self.lock();
-        if let Some(taken) = first_conflict(&sites, &site, &self.tld) {
-            return Err(taken);
-        }
+        self.refuse_own_listener(&site)?;
         let record = StoredSite {
             target: site.target.to_string(),
             hostnames: site.hostnames.clone(),
         };
         let value = bincode::serde::encode_to_vec(&record, bincode::config::standard())?;
+
+        let _writer = self.write_lock();
+        let table = self.routes.snapshot();
+        if let Some(taken) = first_conflict(&site, &self.tld, |hostname| {
+            table.route(hostname).map(|route| route.site.as_str())
+        }) {
+            return Err(taken);
+        }
         self.tree.insert(site.name.as_bytes(), value)?;
         self.tree.flush()?;
+        let mut sites = Sites::clone(&self.sites.load());
         sites.insert(site.name.clone(), site.clone());
-        self.publish(&sites);
+        self.publish(sites);
         Ok(site)
     }
 
     /// Removes the site `name`.
     pub fn unlink(&self, name: &str) -> Result<Site, StoreError> {
         let name = crate::sites::parse_name(name)?;
-        let mut sites = self.lock();
-        if !sites.contains_key(&name) {
+        let _writer = self.write_lock();
+        let mut sites = Sites::clone(&self.sites.load());
+        let Some(removed) = sites.remove(&name) else {
             return Err(StoreError::NotFound(name));
-        }
+        };
         self.tree.remove(name.as_bytes())?;
         self.tree.flush()?;
-        let removed = sites.remove(&name).ok_or(StoreError::NotFound(name))?;
-        self.publish(&sites);
+        self.publish(sites);
         Ok(removed)
     }
 
-    /// Every site, by name.
+    /// Every site, by name, as of the last completed change.
     pub fn list(&self) -> Vec<Site> {
-        self.lock().values().cloned().collect()
+        self.sites.load().values().cloned().collect()
     }
 
     /// How many sites there are.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.sites.load().len()
     }
 
     /// Flushes and closes the database; the tree's lock is released once this returns
@@ -157,32 +190,59 @@ impl SiteStore {
         self.db.flush().map(drop)
     }
 
-    fn publish(&self, sites: &BTreeMap<String, Site>) {
-        self.routes
-            .publish(RoutingTable::build(sites.values(), &self.tld));
+    /// Refuses an IP target that is one of proxyd's own listeners: every request would
+    /// come straight back. (A hostname target that resolves to proxyd is caught when a
+    /// request arrives, see [`crate::loops`].)
+    fn refuse_own_listener(&self, site: &Site) -> Result<(), InvalidField> {
+        let TargetHost::Ip(ip) = site.target.host else {
+            return Ok(());
+        };
+        match self.own.reached_by(SocketAddr::new(ip, site.target.port)) {
+            None => Ok(()),
+            Some(listener) => Err(InvalidField::new(
+                "target",
+                format!(
+                    "{} is proxyd's own listener ({listener}), so every request would come \
+                     back to proxyd; link the app's own address",
+                    site.target
+                ),
+            )),
+        }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Site>> {
-        // The map is only replaced whole under the lock: a panic cannot leave it torn.
-        self.sites.lock().unwrap_or_else(|e| e.into_inner())
+    /// Makes `sites` the current set: routing table first, so the proxy never lags the
+    /// listing.
+    fn publish(&self, sites: Sites) {
+        self.routes
+            .publish(RoutingTable::build(sites.values(), &self.tld));
+        self.sites.store(Arc::new(sites));
+    }
+
+    fn write_lock(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data of its own; a writer that panicked left nothing torn.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-/// The first hostname of `site` that another site (not one of the same name, which it
-/// replaces) already serves.
-fn first_conflict(sites: &BTreeMap<String, Site>, site: &Site, tld: &str) -> Option<StoreError> {
-    let wanted = std::iter::once(("name", primary_hostname(&site.name, tld)))
-        .chain(site.hostnames.iter().map(|h| ("hostnames", h.clone())));
+/// The first hostname of `site` that another site already serves, `owner` naming the
+/// site serving a hostname, if any. A site may keep its own hostnames when it is
+/// replaced.
+fn first_conflict<'a>(
+    site: &Site,
+    tld: &str,
+    owner: impl Fn(&str) -> Option<&'a str>,
+) -> Option<StoreError> {
+    let primary = primary_hostname(&site.name, tld);
+    let wanted = std::iter::once(("name", primary.as_str()))
+        .chain(site.hostnames.iter().map(|h| ("hostnames", h.as_str())));
     for (field, hostname) in wanted {
-        let holder = sites
-            .values()
-            .filter(|other| other.name != site.name)
-            .find(|other| other.serves(tld).contains(&hostname));
-        if let Some(other) = holder {
+        if let Some(holder) = owner(hostname)
+            && holder != site.name
+        {
             return Some(StoreError::Taken {
                 field,
-                hostname,
-                site: other.name.clone(),
+                hostname: hostname.to_string(),
+                site: holder.to_string(),
             });
         }
     }
@@ -200,12 +260,16 @@ fn decode(key: &[u8], value: &[u8], tld: &str) -> Result<Site, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sites::MAX_HOSTNAMES;
+
+    const OWN_LISTENER: &str = "127.0.0.1:8080";
 
     fn store(dir: &std::path::Path) -> (SiteStore, Arc<Routes>) {
         let db = sled::Config::new().path(dir).open().unwrap();
         let routes = Arc::new(Routes::default());
+        let own = OwnListeners::new(vec![OWN_LISTENER.parse().unwrap()]);
         (
-            SiteStore::open(db, "Test.", routes.clone()).unwrap(),
+            SiteStore::open(db, "test", own, routes.clone()).unwrap(),
             routes,
         )
     }
@@ -305,5 +369,70 @@ mod tests {
         let (store, _) = store(dir.path());
         assert!(store.list().is_empty());
         store.link("junk", "127.0.0.1:1", &[]).unwrap();
+    }
+
+    #[test]
+    fn a_site_may_not_target_proxyd_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, routes) = store(dir.path());
+        for target in [OWN_LISTENER, "[::ffff:127.0.0.1]:8080", "0.0.0.0:8080"] {
+            let err = store.link("loop", target, &[]).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Invalid(f) if f.field == "target"),
+                "{target}: {err}"
+            );
+            assert!(err.to_string().contains("own listener"), "{err}");
+        }
+        assert!(routes.snapshot().is_empty());
+        store.link("next-door", "127.0.0.1:8081", &[]).unwrap();
+        // A hostname is not resolved here; the request-time check catches it.
+        store.link("by-name", "localhost:8080", &[]).unwrap();
+    }
+
+    #[test]
+    fn readers_do_not_wait_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store(dir.path());
+        store.link("a", "127.0.0.1:1", &[]).unwrap();
+        let store = Arc::new(store);
+        // A writer in the middle of a slow flush holds the writer lock.
+        let writing = store.write_lock();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || (store.len(), store.list().len()))
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !reader.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a reader waited for the writer"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(reader.join().unwrap(), (1, 1));
+        drop(writing);
+    }
+
+    #[test]
+    fn many_hostnames_are_checked_against_the_routing_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, routes) = store(dir.path());
+        let first: Vec<String> = (0..MAX_HOSTNAMES)
+            .map(|i| format!("a{i}.example"))
+            .collect();
+        store.link("a", "127.0.0.1:1", &first).unwrap();
+        let mut second: Vec<String> = (0..MAX_HOSTNAMES - 1)
+            .map(|i| format!("b{i}.example"))
+            .collect();
+        second.push(format!("a{}.example", MAX_HOSTNAMES - 1));
+        let err = store.link("b", "127.0.0.1:2", &second).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Taken { hostname, site, .. }
+                if *hostname == format!("a{}.example", MAX_HOSTNAMES - 1) && site == "a"),
+            "{err}"
+        );
+        second.pop();
+        store.link("b", "127.0.0.1:2", &second).unwrap();
+        assert_eq!(routes.snapshot().len(), 2 * MAX_HOSTNAMES + 1);
     }
 }

@@ -25,6 +25,7 @@ async fn a_linked_site_is_proxied_with_forwarded_headers_and_its_host_kept() {
     assert_eq!(echoed["x-forwarded-for"], "127.0.0.1");
     assert_eq!(echoed["x-forwarded-proto"], "http");
     assert_eq!(echoed["x-forwarded-host"], "app.test");
+    assert_eq!(echoed["via"], "1.1 securely-proxyd");
 
     // Case, port and a trailing dot do not matter for routing; the Host header goes on
     // exactly as sent, and a client's X-Forwarded-For is extended, not replaced.
@@ -36,6 +37,7 @@ async fn a_linked_site_is_proxied_with_forwarded_headers_and_its_host_kept() {
         &[
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-proto", "https"),
+            ("via", "1.0 corporate-proxy"),
         ],
     )
     .await
@@ -46,6 +48,7 @@ async fn a_linked_site_is_proxied_with_forwarded_headers_and_its_host_kept() {
     assert_eq!(echoed["x-forwarded-host"], host);
     assert_eq!(echoed["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(echoed["x-forwarded-proto"], "http");
+    assert_eq!(echoed["via"], "1.0 corporate-proxy, 1.1 securely-proxyd");
     assert_eq!(
         backend.received.load(std::sync::atomic::Ordering::SeqCst),
         2
@@ -149,6 +152,72 @@ async fn unknown_and_missing_hosts_get_proxyd_pages() {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // CONNECT is not proxied (pingora refuses it before any site is looked up).
+    let mut stream = tokio::net::TcpStream::connect(proxyd.http).await.unwrap();
+    stream
+        .write_all(b"CONNECT nobody.test:443 HTTP/1.1\r\nHost: nobody.test:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_site_leading_back_to_proxyd_is_refused_or_answered_508() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    let proxyd = Proxyd::start(dir.path(), free_port(), 30).await;
+    let mut admin = proxyd.admin().await;
+
+    // Its own listener as an IP target is refused when the site is linked.
+    let status = admin
+        .link_site(link_request("loop", &proxyd.http.to_string(), &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with("target: ") && status.message().contains("own listener"),
+        "{}",
+        status.message()
+    );
+
+    // A hostname that resolves back to proxyd goes round once, then gets a 508.
+    let by_name = format!("localhost:{}", proxyd.http.port());
+    proxyd.link("loop", &by_name, &[]).await;
+    let response = get(proxyd.http, Some("loop.test"), "/").await.unwrap();
+    assert_eq!(
+        response.status,
+        StatusCode::LOOP_DETECTED,
+        "{}",
+        response.body
+    );
+    assert_eq!(response.headers["content-type"], "text/html; charset=utf-8");
+    assert!(
+        response.body.contains("<code>loop</code>"),
+        "{}",
+        response.body
+    );
+    assert!(response.body.contains(&by_name), "{}", response.body);
+
+    // A request already marked by a proxyd is never forwarded.
+    proxyd.link("app", &backend.target(), &[]).await;
+    let response = get_with(
+        proxyd.http,
+        Some("app.test"),
+        "/",
+        &[("via", "1.0 fred, 1.1 securely-proxyd")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status, StatusCode::LOOP_DETECTED);
+    assert_eq!(
+        backend.received.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    let response = get(proxyd.http, Some("app.test"), "/").await.unwrap();
+    assert_eq!(response.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -201,6 +270,10 @@ async fn invalid_arguments_are_refused_by_field_and_the_proxy_keeps_serving() {
         (
             link_request("ok", &target, &["x".repeat(300).as_str()]),
             "hostnames[0]",
+        ),
+        (
+            link_request("ok", &target, &["many.example"; 257]),
+            "hostnames",
         ),
     ] {
         let status = admin.link_site(request.clone()).await.unwrap_err();
@@ -256,4 +329,5 @@ async fn invalid_arguments_are_refused_by_field_and_the_proxy_keeps_serving() {
             .status,
         StatusCode::NOT_FOUND
     );
+    assert!(!proxyd.log().contains("panicked"), "{}", proxyd.log());
 }

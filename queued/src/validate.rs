@@ -11,11 +11,11 @@ pub const MAX_QUEUE_NAME_BYTES: usize = 128;
 /// Largest payload, in bytes (tonic's default 4 MiB message limit stays well above it).
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 /// Most attempts a job may be given.
-pub const MAX_TRIES: u32 = 1000;
+pub const MAX_TRIES: u32 = securely_core::settings::QUEUE_MAX_TRIES;
 /// Longest delay of a push: one year.
-pub const MAX_DELAY_SECONDS: u64 = 365 * 24 * 3600;
+pub const MAX_DELAY_SECONDS: u64 = securely_core::settings::QUEUE_MAX_DELAY_SECONDS;
 /// Longest reservation: one day.
-pub const MAX_TIMEOUT_SECONDS: u64 = 24 * 3600;
+pub const MAX_TIMEOUT_SECONDS: u64 = securely_core::settings::QUEUE_MAX_TIMEOUT_SECONDS;
 /// Longest a Reserve call may wait for a job.
 pub const MAX_WAIT_SECONDS: u64 = 300;
 /// Longest error text kept for a failed attempt; longer texts are cut.

@@ -23,6 +23,33 @@ pub struct Instance {
     pub pid: u32,
 }
 
+/// Closes every fd from `first` up, in the child between fork and exec: even an fd the
+/// supervisor itself inherited without close-on-exec never reaches a daemon.
+fn close_from(first: RawFd) {
+    // SAFETY: close_range and close are async-signal-safe; only fds >= first are closed.
+    unsafe {
+        if libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        ) == 0
+        {
+            return;
+        }
+        // Kernels before 5.9: close one by one up to the fd limit.
+        let limit = libc::sysconf(libc::_SC_OPEN_MAX);
+        let limit = if limit <= 0 {
+            1024
+        } else {
+            limit.min(1 << 20) as RawFd
+        };
+        for fd in first..limit {
+            libc::close(fd);
+        }
+    }
+}
+
 /// Where a daemon's binary lives: beside the supervisor's own executable.
 pub fn binary_path(daemon: &str) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe().context("locating the securely executable")?;
@@ -69,7 +96,8 @@ pub fn spawn(
         // then decides for every child.
         .process_group(0)
         .kill_on_drop(false);
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2) run.
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2, close_range,
+    // close) run.
     unsafe {
         command.pre_exec(move || {
             for (i, fd) in staged_raw.iter().enumerate() {
@@ -77,6 +105,7 @@ pub fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
+            close_from(lowest_free);
             Ok(())
         });
     }

@@ -97,7 +97,7 @@ fn redirect_stdio(error_log: Option<&Path>) -> anyhow::Result<()> {
         Ok(())
     };
     dup_onto(&null, 0)?;
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if securely_core::logging::journal_connected() {
         return Ok(());
     }
     let out = match error_log {

@@ -19,7 +19,7 @@ mod sockets;
 mod stack;
 mod state;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,7 @@ const CONTROL_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 const DATA_DIR_MODE: u32 = 0o750;
 
 fn main() -> ExitCode {
+    ensure_stdio();
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,
@@ -86,41 +87,70 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Phase: bind.
     let sockets = StackSockets::bind(&settings)?;
 
-    // Phase: drop privileges.
-    let socket_paths = sockets.paths();
-    let mut owned: Vec<&Path> = vec![&runtime_dir, &data_dir];
-    owned.extend(socket_paths.iter().map(PathBuf::as_path));
-    privileges::drop_privileges(settings.user.as_deref(), settings.group.as_deref(), &owned)?;
-
-    // Phase: daemonize.
-    let report = if args.daemon || settings.daemon {
+    // Phase: daemonize. From here on a failure is reported to the waiting parent.
+    let mut report = if args.daemon || settings.daemon {
         daemonize::daemonize(settings.error_log.as_deref())?
     } else {
         StartupReport::default()
     };
+    let served = supervise(settings, sockets, &mut report);
+    if let Err(e) = &served {
+        report.failed(&format!("{e:#}"));
+    }
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Phases after daemonizing: pid file, drop privileges, logging, serve.
+fn supervise(
+    settings: Settings,
+    sockets: StackSockets,
+    report: &mut StartupReport,
+) -> anyhow::Result<()> {
+    let pid_path = settings
+        .pid_file
+        .clone()
+        .unwrap_or_else(|| settings.runtime_dir().join("securely.pid"));
+    let pid_file = PidFile::write(&pid_path)?;
+
+    // Phase: drop privileges.
+    let (runtime_dir, data_dir) = (settings.runtime_dir(), settings.data_dir());
+    privileges::drop_privileges(
+        settings.user.as_deref(),
+        settings.group.as_deref(),
+        &[&runtime_dir, &data_dir, &pid_path],
+    )?;
 
     securely_core::logging::init(
         "securely",
         settings.error_log.as_deref(),
         securely_core::logging::DEFAULT_FILTER,
     );
-    let pid_path = settings
-        .pid_file
-        .clone()
-        .unwrap_or_else(|| runtime_dir.join("securely.pid"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("securely")
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let mut report = report;
-    let served = runtime.block_on(serve(settings, sockets, &mut report, pid_path));
-    if let Err(e) = &served {
-        report.failed(&format!("{e:#}"));
+    runtime.block_on(serve(settings, sockets, report, pid_file))
+}
+
+/// Opens /dev/null on any of fds 0-2 that is closed, so that no socket is ever bound
+/// onto a standard fd (and then redirected away by daemonizing).
+fn ensure_stdio() {
+    for fd in 0..3 {
+        // SAFETY: only asks the kernel whether the fd is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            // The lowest free fd is the closed one; leaking it is the point.
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                std::mem::forget(null);
+            }
+        }
     }
-    served?;
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Reads the settings file, or the embedded defaults. Unknown keys are warned about.
@@ -129,8 +159,7 @@ fn load_settings(path: Option<&Path>) -> anyhow::Result<(Settings, String)> {
         return Ok((Settings::default(), "the embedded defaults".into()));
     };
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {origin}"))?;
-    let settings = Settings::from_yaml(&text, &origin, |key| {
+    let settings = Settings::load_with(path, |key| {
         eprintln!("securely: {origin}: warning: unknown key {key} ignored");
     })?;
     Ok((settings, origin))
@@ -152,23 +181,22 @@ async fn serve(
     settings: Settings,
     sockets: StackSockets,
     report: &mut StartupReport,
-    pid_path: PathBuf,
+    pid_file: PidFile,
 ) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown
         .watch_signals()
         .context("installing signal handlers")?;
-    ignore_sigquit()?;
-    let pid_file = PidFile::write(&pid_path)?;
-    let notifier = Notifier::from_env();
+    ignore_signals()?;
+    let notifier = Arc::new(Notifier::from_env());
 
-    let socket_paths = sockets.paths();
     let StackSockets {
         control,
-        control_path,
         daemons,
+        files,
     } = sockets;
-    let stack = Arc::new(Stack::start(&settings, daemons)?);
+    let control_path = settings.control_socket();
+    let stack = Arc::new(Stack::start(&settings, daemons, &shutdown)?);
     let service = ControlService::new(
         stack.clone(),
         shutdown.clone(),
@@ -184,9 +212,7 @@ async fn serve(
     };
     match startup {
         Ok(()) => {
-            tracing::info!(pid = std::process::id(), "{}", stack.summary());
-            notifier.notify(Notice::Status(stack.summary()));
-            notifier.notify(Notice::Ready);
+            announce_ready(&stack, &notifier);
             report.ready();
         }
         Err(reason) if report.pending() => {
@@ -194,45 +220,63 @@ async fn serve(
             report.failed(&reason);
             shutdown.request(ShutdownKind::Fast);
         }
-        Err(reason) => tracing::warn!("start-up incomplete: {reason}; still supervising"),
+        Err(reason) => {
+            tracing::warn!("start-up incomplete: {reason}; still supervising");
+            // Tell systemd once everything is up after all.
+            let (stack, notifier, shutdown) = (stack.clone(), notifier.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        result = stack.wait_all_ready(STARTUP_TIMEOUT) => if result.is_ok() {
+                            announce_ready(&stack, &notifier);
+                            break;
+                        },
+                        _ = shutdown.wait() => break,
+                    }
+                }
+            });
+        }
     }
 
-    // Run until asked to stop.
+    // Run until asked to stop; the slots then stop their daemons themselves.
     let kind = shutdown.wait().await;
     tracing::info!(?kind, "stopping");
     notifier.notify(Notice::Stopping);
-    let stopping = stack.stop(kind);
-    tokio::pin!(stopping);
-    tokio::select! {
-        () = &mut stopping => {}
-        () = shutdown.wait_fast() => {
-            tracing::info!("fast shutdown requested while draining");
-            stack.hurry();
-            stopping.await;
-        }
-    }
+    stack.wait_stopped().await;
 
     // Clean up.
     control_server
         .stop(tokio::time::Instant::now() + CONTROL_STOP_TIMEOUT)
         .await;
-    for path in socket_paths {
-        let _ = std::fs::remove_file(path);
-    }
+    drop(files);
     drop(pid_file);
     tracing::info!("stopped");
     Ok(())
 }
 
-/// SIGQUIT (graceful upgrade) is not carried out by this version: note it instead of
-/// dying with a core dump.
-fn ignore_sigquit() -> anyhow::Result<()> {
+/// Logs that the stack serves and tells systemd.
+fn announce_ready(stack: &Stack, notifier: &Notifier) {
+    tracing::info!(pid = std::process::id(), "{}", stack.summary());
+    notifier.notify(Notice::Status(stack.summary()));
+    notifier.notify(Notice::Ready);
+}
+
+/// SIGQUIT (graceful upgrade) and SIGHUP (reload) are not carried out by this version:
+/// note them instead of dying (with a core dump, for SIGQUIT) and leaving sockets behind.
+fn ignore_signals() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut quit = signal(SignalKind::quit()).context("installing the SIGQUIT handler")?;
-    tokio::spawn(async move {
-        while quit.recv().await.is_some() {
-            tracing::warn!("SIGQUIT: graceful upgrade is not supported by this version; ignored");
-        }
-    });
+    for (kind, name) in [
+        (SignalKind::quit(), "SIGQUIT"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ] {
+        let mut signals = signal(kind).with_context(|| format!("installing the {name} handler"))?;
+        tokio::spawn(async move {
+            while signals.recv().await.is_some() {
+                tracing::warn!(
+                    "{name}: reload and upgrade are not supported by this version; ignored"
+                );
+            }
+        });
+    }
     Ok(())
 }

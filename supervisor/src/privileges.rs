@@ -3,10 +3,24 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use nix::unistd::{Gid, Group, Uid, User, chown, setgid, setgroups, setuid};
+use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
+
+/// Gives `path` and, when it is a directory, everything below it (without following
+/// symlinks) to `uid`/`gid`.
+fn chown_tree(path: &Path, uid: Option<Uid>, gid: Gid) -> std::io::Result<()> {
+    use nix::fcntl::{AT_FDCWD, AtFlags};
+    nix::unistd::fchownat(AT_FDCWD, path, uid, Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
 
 /// Switches to `user`/`group` when running as root, first giving them `owned` (the
-/// runtime and data directories, the socket files). Not root: the settings are noted and
+/// runtime dir, the daemons' trees, the socket files, the pid file). Not root: the settings are noted and
 /// the current user kept.
 pub fn drop_privileges(
     user: Option<&str>,
@@ -17,7 +31,7 @@ pub fn drop_privileges(
         return Ok(());
     }
     if !Uid::effective().is_root() {
-        tracing::info!("not running as root: user/group settings left unapplied");
+        eprintln!("securely: not running as root: the user and group settings are not applied");
         return Ok(());
     }
     let user = match user {
@@ -42,7 +56,7 @@ pub fn drop_privileges(
     };
     let uid = user.as_ref().map(|u| u.uid);
     for path in owned {
-        chown(*path, uid, Some(gid))
+        chown_tree(path, uid, gid)
             .with_context(|| format!("handing {} to the securely user", path.display()))?;
     }
     setgroups(&[gid]).context("dropping supplementary groups")?;

@@ -1,19 +1,22 @@
 //! One daemon under supervision: start it, wait for readiness, watch it, restart it with
-//! backoff when it dies, stop it on request.
+//! backoff when it dies, stop it when the stack stops.
 //!
 //! Each slot runs as one task through named phases: **start** (spawn with the held
 //! sockets), **await readiness** (bounded by [`START_TIMEOUT`]), **run** (until the
-//! instance exits or a command arrives), **backoff** (after a failure), **stop**. Every
-//! phase also listens for commands, so a stop or restart is never lost.
+//! instance exits, a restart is requested or the stack stops), **backoff** (after a
+//! failure), **stop**. Every phase watches the stack's [`Shutdown`], so a stop is never
+//! lost or delayed, and a fast stop overrides a graceful one in progress.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use securely_core::readiness::Notice;
-use securely_core::shutdown::ShutdownKind;
+use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::backoff;
 use crate::child::{self, Instance};
@@ -26,6 +29,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Extra time after the grace period before a draining instance is killed.
 pub const GRACE_MARGIN: Duration = Duration::from_secs(1);
+/// Restart requests that may wait for a slot (more are answered "busy").
+const COMMAND_QUEUE: usize = 8;
 
 /// What a slot needs to start instances.
 #[derive(Debug)]
@@ -44,14 +49,8 @@ pub struct SlotSpec {
     pub grace: Duration,
 }
 
-/// A request to a slot.
-#[derive(Debug)]
-enum Command {
-    /// Replace the instance; answer with the new pid once it is ready, or the reason.
-    Restart(oneshot::Sender<Result<u32, String>>),
-    /// Stop the instance and the slot.
-    Stop(ShutdownKind, oneshot::Sender<()>),
-}
+/// A restart request: answered with the new pid once it is ready, or the reason.
+type RestartReply = oneshot::Sender<Result<u32, String>>;
 
 /// The handle the rest of the supervisor holds on a slot.
 #[derive(Debug, Clone)]
@@ -59,26 +58,35 @@ pub struct Slot {
     /// `proxyd`, `dnsd` or `queued`.
     pub name: &'static str,
     status: watch::Receiver<SlotStatus>,
-    commands: mpsc::Sender<Command>,
+    restarts: mpsc::Sender<RestartReply>,
 }
 
 impl Slot {
-    /// Starts supervising `spec` in a new task.
-    pub fn start(spec: SlotSpec) -> Self {
+    /// Starts supervising `spec` in a new task, which ends once `shutdown` is pulled and
+    /// the instance is gone.
+    pub fn start(spec: SlotSpec, shutdown: Shutdown) -> (Self, JoinHandle<()>) {
         let initial = SlotStatus::new(
             spec.sockets.urls(),
             spec.tree.clone(),
             spec.sockets.grpc_path.display().to_string(),
         );
         let (status_tx, status) = watch::channel(initial);
-        let (commands_tx, commands) = mpsc::channel(8);
+        let (restarts_tx, restarts) = mpsc::channel(COMMAND_QUEUE);
         let name = spec.name;
-        tokio::spawn(Supervision::new(spec, status_tx, commands).run());
-        Self {
+        let supervision = Supervision {
+            spec,
+            status: status_tx,
+            restarts,
+            shutdown,
+            waiting: Vec::new(),
+        };
+        let task = tokio::spawn(supervision.run());
+        let slot = Self {
             name,
             status,
-            commands: commands_tx,
-        }
+            restarts: restarts_tx,
+        };
+        (slot, task)
     }
 
     /// The slot's current status.
@@ -94,62 +102,52 @@ impl Slot {
     /// Replaces the running instance; returns the new pid once it is ready.
     pub async fn restart(&self) -> Result<u32, String> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Restart(tx))
-            .await
-            .map_err(|_| format!("{} is shutting down", self.name))?;
-        rx.await
-            .map_err(|_| format!("{} is shutting down", self.name))?
-    }
-
-    /// Stops the daemon; returns once its instance is gone.
-    pub async fn stop(&self, kind: ShutdownKind) {
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(kind, tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+        self.restarts.try_send(tx).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                format!("{} is busy with earlier restarts", self.name)
+            }
+            mpsc::error::TrySendError::Closed(_) => format!("{} is stopped", self.name),
+        })?;
+        rx.await.map_err(|_| format!("{} is stopped", self.name))?
     }
 }
 
-/// How waiting for readiness ended.
-enum Startup {
+/// Why a phase was interrupted.
+enum Interruption {
+    /// A restart was requested.
+    Restart(RestartReply),
+    /// The stack stops.
+    Stop(ShutdownKind),
+}
+
+/// How waiting on a running (or starting) instance ended.
+enum Outcome {
+    /// `READY=1` arrived (only while awaiting readiness).
     Ready,
+    /// The instance exited, or never became ready.
     Failed(String),
-    Interrupted(Command),
-}
-
-/// How a running instance ended.
-enum Ending {
-    Exited(String),
-    Interrupted(Command),
+    /// A restart or a stop.
+    Interrupted(Interruption),
 }
 
 /// The task behind a [`Slot`].
 struct Supervision {
     spec: SlotSpec,
     status: watch::Sender<SlotStatus>,
-    commands: mpsc::Receiver<Command>,
+    restarts: mpsc::Receiver<RestartReply>,
+    shutdown: Shutdown,
     /// Restart callers waiting for the next ready instance.
-    waiting: Vec<oneshot::Sender<Result<u32, String>>>,
+    waiting: Vec<RestartReply>,
 }
 
 impl Supervision {
-    fn new(
-        spec: SlotSpec,
-        status: watch::Sender<SlotStatus>,
-        commands: mpsc::Receiver<Command>,
-    ) -> Self {
-        Self {
-            spec,
-            status,
-            commands,
-            waiting: Vec::new(),
-        }
-    }
-
     async fn run(mut self) {
         let mut first = true;
         loop {
+            if let Some(kind) = self.shutdown.requested() {
+                self.stopped(kind);
+                return;
+            }
             // Phase: start.
             if !first {
                 self.status.send_modify(|s| s.restarts += 1);
@@ -157,33 +155,31 @@ impl Supervision {
             first = false;
             self.status.send_modify(|s| s.enter(DaemonState::Starting));
             let fds = self.spec.sockets.fds();
-            let spawned = child::spawn(&self.spec.binary, &fds, &self.spec.settings_yaml);
-            let (mut instance, notices) = match spawned {
-                Ok(spawned) => spawned,
-                Err(e) => {
-                    self.failed(format!("{e:#}"));
-                    if self.back_off().await.is_break() {
-                        return;
+            let (mut instance, notices) =
+                match child::spawn(&self.spec.binary, &fds, &self.spec.settings_yaml) {
+                    Ok(spawned) => spawned,
+                    Err(e) => {
+                        if self.fail_and_back_off(format!("{e:#}")).await.is_break() {
+                            return;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-            };
+                };
             tracing::info!(daemon = self.spec.name, pid = instance.pid, "started");
             self.status.send_modify(|s| s.pid = instance.pid);
             let mut notices = BufReader::new(notices).lines();
 
             // Phase: await readiness.
-            match self.await_ready(&mut instance, &mut notices).await {
-                Startup::Ready => {}
-                Startup::Failed(reason) => {
-                    self.failed(reason);
-                    if self.back_off().await.is_break() {
+            match self.watch(&mut instance, &mut notices, true).await {
+                Outcome::Ready => {}
+                Outcome::Failed(reason) => {
+                    if self.fail_and_back_off(reason).await.is_break() {
                         return;
                     }
                     continue;
                 }
-                Startup::Interrupted(command) => {
-                    if self.obey(command, instance).await.is_break() {
+                Outcome::Interrupted(why) => {
+                    if self.interrupt(why, &mut instance).await.is_break() {
                         return;
                     }
                     continue;
@@ -200,19 +196,18 @@ impl Supervision {
             }
 
             // Phase: run.
-            match self.watch_running(&mut instance, &mut notices).await {
-                Ending::Exited(how) => {
+            match self.watch(&mut instance, &mut notices, false).await {
+                Outcome::Ready => unreachable!("READY is only reported while starting"),
+                Outcome::Failed(how) => {
                     if ready_at.elapsed() >= backoff::STABLE_AFTER {
                         self.status.send_modify(|s| s.consecutive_failures = 0);
                     }
-                    tracing::warn!(daemon = self.spec.name, pid = instance.pid, "{how}");
-                    self.failed(how);
-                    if self.back_off().await.is_break() {
+                    if self.fail_and_back_off(how).await.is_break() {
                         return;
                     }
                 }
-                Ending::Interrupted(command) => {
-                    if self.obey(command, instance).await.is_break() {
+                Outcome::Interrupted(why) => {
+                    if self.interrupt(why, &mut instance).await.is_break() {
                         return;
                     }
                 }
@@ -220,11 +215,15 @@ impl Supervision {
         }
     }
 
-    async fn await_ready(
+    /// Follows an instance: its notices, its exit, restart requests and the stack's
+    /// shutdown. While `starting`, `READY=1` ends the wait and [`START_TIMEOUT`] applies.
+    async fn watch(
         &mut self,
         instance: &mut Instance,
         notices: &mut Lines<BufReader<UnixStream>>,
-    ) -> Startup {
+        starting: bool,
+    ) -> Outcome {
+        // Only armed while starting (see the branch's guard below).
         let deadline = tokio::time::sleep(START_TIMEOUT);
         tokio::pin!(deadline);
         let mut notices_open = true;
@@ -232,37 +231,8 @@ impl Supervision {
             tokio::select! {
                 line = notices.next_line(), if notices_open => match line {
                     Ok(Some(line)) => match Notice::parse(&line) {
-                        Some(Notice::Ready) => return Startup::Ready,
-                        Some(Notice::Status(text)) => self.status.send_modify(|s| s.note = text),
-                        _ => {}
-                    },
-                    _ => notices_open = false,
-                },
-                exit = instance.child.wait() => {
-                    return Startup::Failed(format!("exited before ready: {}", describe_exit(exit)));
-                }
-                () = &mut deadline => {
-                    kill_and_reap(instance).await;
-                    return Startup::Failed(format!(
-                        "not ready within {}s; killed", START_TIMEOUT.as_secs()
-                    ));
-                }
-                Some(command) = self.commands.recv() => return Startup::Interrupted(command),
-            }
-        }
-    }
-
-    async fn watch_running(
-        &mut self,
-        instance: &mut Instance,
-        notices: &mut Lines<BufReader<UnixStream>>,
-    ) -> Ending {
-        let mut notices_open = true;
-        loop {
-            tokio::select! {
-                line = notices.next_line(), if notices_open => match line {
-                    Ok(Some(line)) => match Notice::parse(&line) {
-                        Some(Notice::Stopping) => {
+                        Some(Notice::Ready) if starting => return Outcome::Ready,
+                        Some(Notice::Stopping) if !starting => {
                             self.status.send_modify(|s| s.enter(DaemonState::Draining));
                         }
                         Some(Notice::Status(text)) => self.status.send_modify(|s| s.note = text),
@@ -270,71 +240,58 @@ impl Supervision {
                     },
                     _ => notices_open = false,
                 },
-                exit = instance.child.wait() => return Ending::Exited(describe_exit(exit)),
-                Some(command) = self.commands.recv() => return Ending::Interrupted(command),
+                exit = instance.child.wait() => {
+                    let how = describe_exit(exit);
+                    return Outcome::Failed(if starting {
+                        format!("exited before ready: {how}")
+                    } else {
+                        how
+                    });
+                }
+                () = &mut deadline, if starting => {
+                    kill_and_reap(instance).await;
+                    return Outcome::Failed(format!(
+                        "not ready within {}s; killed", START_TIMEOUT.as_secs()
+                    ));
+                }
+                kind = self.shutdown.wait() => {
+                    return Outcome::Interrupted(Interruption::Stop(kind));
+                }
+                Some(reply) = self.restarts.recv() => {
+                    return Outcome::Interrupted(Interruption::Restart(reply));
+                }
             }
         }
     }
 
-    /// Carries out a command that arrived while `instance` ran. `Break` ends the slot.
-    async fn obey(
-        &mut self,
-        command: Command,
-        mut instance: Instance,
-    ) -> std::ops::ControlFlow<()> {
-        match command {
-            Command::Stop(kind, done) => {
-                self.stop_instance(&mut instance, kind).await;
-                self.stopped();
-                let _ = done.send(());
-                std::ops::ControlFlow::Break(())
+    /// Carries out a restart or stop that arrived while `instance` ran. `Break` ends the
+    /// slot.
+    async fn interrupt(&mut self, why: Interruption, instance: &mut Instance) -> ControlFlow<()> {
+        match why {
+            Interruption::Stop(kind) => {
+                self.stop_instance(instance, kind).await;
+                self.stopped(kind);
+                ControlFlow::Break(())
             }
-            Command::Restart(reply) => {
+            Interruption::Restart(reply) => {
                 tracing::info!(
                     daemon = self.spec.name,
                     pid = instance.pid,
                     "restart requested"
                 );
                 self.waiting.push(reply);
-                self.stop_instance(&mut instance, ShutdownKind::Graceful)
-                    .await;
-                std::ops::ControlFlow::Continue(())
+                // Requests queued meanwhile share this restart.
+                while let Ok(reply) = self.restarts.try_recv() {
+                    self.waiting.push(reply);
+                }
+                self.stop_instance(instance, ShutdownKind::Graceful).await;
+                ControlFlow::Continue(())
             }
         }
     }
 
-    /// Waits out the backoff after a failure, still obeying commands.
-    async fn back_off(&mut self) -> std::ops::ControlFlow<()> {
-        let failures = self.status.borrow().consecutive_failures;
-        let delay = backoff::delay(failures);
-        let until = Instant::now() + delay;
-        self.status.send_modify(|s| {
-            let state = if failures >= backoff::CRASH_LOOP_THRESHOLD {
-                DaemonState::Failed
-            } else {
-                DaemonState::Backoff
-            };
-            s.enter(state);
-            s.next_start_at = Some(until);
-        });
-        tokio::select! {
-            () = tokio::time::sleep(delay) => std::ops::ControlFlow::Continue(()),
-            Some(command) = self.commands.recv() => match command {
-                Command::Stop(_, done) => {
-                    self.stopped();
-                    let _ = done.send(());
-                    std::ops::ControlFlow::Break(())
-                }
-                Command::Restart(reply) => {
-                    self.waiting.push(reply);
-                    std::ops::ControlFlow::Continue(())
-                }
-            },
-        }
-    }
-
-    /// Records a failed or ended instance and tells waiting restart callers.
-    fn failed(&mut self, reason: String) {
+    /// Records a failure, then waits out the backoff, still obeying restarts and stops.
+    async fn fail_and_back_off(&mut self, reason: String) -> ControlFlow<()> {
         tracing::warn!(daemon = self.spec.name, "{reason}");
         self.status.send_modify(|s| {
             s.consecutive_failures += 1;
@@ -345,51 +302,91 @@ impl Supervision {
         for waiter in self.waiting.drain(..) {
             let _ = waiter.send(Err(format!("new instance failed: {reason}")));
         }
+        let failures = self.status.borrow().consecutive_failures;
+        let delay = backoff::delay(failures);
+        self.status.send_modify(|s| {
+            s.enter(if failures >= backoff::CRASH_LOOP_THRESHOLD {
+                DaemonState::Failed
+            } else {
+                DaemonState::Backoff
+            });
+            s.next_start_at = Some(Instant::now() + delay);
+        });
+        tokio::select! {
+            () = tokio::time::sleep(delay) => ControlFlow::Continue(()),
+            kind = self.shutdown.wait() => {
+                self.stopped(kind);
+                ControlFlow::Break(())
+            }
+            Some(reply) = self.restarts.recv() => {
+                self.waiting.push(reply);
+                ControlFlow::Continue(())
+            }
+        }
     }
 
-    fn stopped(&mut self) {
+    fn stopped(&mut self, kind: ShutdownKind) {
         self.status.send_modify(|s| {
             s.enter(DaemonState::Stopped);
             s.pid = 0;
             s.ready_since = None;
         });
         for waiter in self.waiting.drain(..) {
-            let _ = waiter.send(Err(format!("{} was stopped", self.spec.name)));
+            let _ = waiter.send(Err(format!("the stack is stopping ({kind:?})")));
+        }
+        self.restarts.close();
+        while let Ok(waiter) = self.restarts.try_recv() {
+            let _ = waiter.send(Err("the stack is stopping".into()));
         }
     }
 
     /// Asks the instance to stop (SIGTERM to drain, SIGINT to stop fast) and kills it
-    /// when it overstays.
+    /// when it overstays. A fast stop of the stack during a drain turns it into a fast
+    /// stop of the instance.
     async fn stop_instance(&mut self, instance: &mut Instance, kind: ShutdownKind) {
         use nix::sys::signal::Signal;
+        self.status.send_modify(|s| s.enter(DaemonState::Draining));
         let (signal, patience) = match kind {
             ShutdownKind::Graceful => (Signal::SIGTERM, self.spec.grace + GRACE_MARGIN),
             ShutdownKind::Fast => (Signal::SIGINT, FAST_STOP_TIMEOUT),
         };
-        self.status.send_modify(|s| s.enter(DaemonState::Draining));
         send_signal(instance.pid, signal);
-        match tokio::time::timeout(patience, instance.child.wait()).await {
-            Ok(exit) => {
-                let how = describe_exit(exit);
-                tracing::info!(
-                    daemon = self.spec.name,
-                    pid = instance.pid,
-                    "stopped: {how}"
-                );
-                self.status.send_modify(|s| s.last_exit = how);
+        let mut deadline = tokio::time::Instant::now() + patience;
+        let mut hurried = kind == ShutdownKind::Fast;
+        let shutdown = self.shutdown.clone();
+        let exit = loop {
+            tokio::select! {
+                exit = instance.child.wait() => break Some(exit),
+                () = tokio::time::sleep_until(deadline) => break None,
+                () = shutdown.wait_fast(), if !hurried => {
+                    hurried = true;
+                    send_signal(instance.pid, Signal::SIGINT);
+                    deadline = deadline.min(tokio::time::Instant::now() + FAST_STOP_TIMEOUT);
+                }
             }
-            Err(_) => {
+        };
+        let how = match exit {
+            Some(exit) => describe_exit(exit),
+            None => {
                 tracing::warn!(
                     daemon = self.spec.name,
                     pid = instance.pid,
-                    "still running after {}s; killing",
-                    patience.as_secs()
+                    "still running after its stop time; killing"
                 );
                 kill_and_reap(instance).await;
-                self.status
-                    .send_modify(|s| s.last_exit = "killed after overstaying its stop".into());
+                "killed after overstaying its stop".into()
             }
-        }
+        };
+        tracing::info!(
+            daemon = self.spec.name,
+            pid = instance.pid,
+            "stopped: {how}"
+        );
+        self.status.send_modify(|s| {
+            s.last_exit = how;
+            s.pid = 0;
+            s.ready_since = None;
+        });
     }
 }
 

@@ -50,30 +50,33 @@ impl DaemonSockets {
 pub struct StackSockets {
     /// `<runtime_dir>/control.sock`.
     pub control: UnixListener,
-    /// Its path.
-    pub control_path: PathBuf,
     /// `(daemon name, its sockets)` in start order.
     pub daemons: Vec<(&'static str, DaemonSockets)>,
+    /// The socket files, removed when this is dropped.
+    pub files: SocketFiles,
+}
+
+/// Socket files this process created: removed on drop, on every exit path.
+#[derive(Debug, Default)]
+pub struct SocketFiles(Vec<PathBuf>);
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl StackSockets {
-    /// Binds every socket the settings ask for. Errors name the key and the address; on
-    /// an error, the socket files created so far are removed again.
+    /// Binds every socket the settings ask for. Errors name the key and the address; the
+    /// socket files created before an error are removed again.
     pub fn bind(settings: &Settings) -> anyhow::Result<Self> {
-        let mut created = Vec::new();
-        let result = Self::bind_all(settings, &mut created);
-        if result.is_err() {
-            for path in created {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-        result
-    }
-
-    fn bind_all(settings: &Settings, created: &mut Vec<PathBuf>) -> anyhow::Result<Self> {
+        let mut files = SocketFiles::default();
         let control_path = settings.control_socket();
         let control = bind::unix(&control_path)
             .with_context(|| format!("binding the control socket {}", control_path.display()))?;
+        files.0.push(control_path);
         let mut daemons = Vec::new();
         for daemon in securely_core::DAEMONS {
             let mut sockets = DaemonSockets::default();
@@ -112,7 +115,7 @@ impl StackSockets {
             let grpc_path = settings.daemon_socket(daemon);
             let grpc = bind::unix(&grpc_path)
                 .with_context(|| format!("binding {daemon}'s socket {}", grpc_path.display()))?;
-            created.push(grpc_path.clone());
+            files.0.push(grpc_path.clone());
             sockets.handed.push(Handed {
                 name: names::GRPC,
                 url: format!("unix://{}", grpc_path.display()),
@@ -123,15 +126,8 @@ impl StackSockets {
         }
         Ok(Self {
             control,
-            control_path,
             daemons,
+            files,
         })
-    }
-
-    /// Every socket file, for removal at exit and for ownership changes.
-    pub fn paths(&self) -> Vec<PathBuf> {
-        std::iter::once(self.control_path.clone())
-            .chain(self.daemons.iter().map(|(_, s)| s.grpc_path.clone()))
-            .collect()
     }
 }

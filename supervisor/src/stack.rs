@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use securely_core::settings::Settings;
-use securely_core::shutdown::ShutdownKind;
+use securely_core::shutdown::{Shutdown, ShutdownKind};
+use tokio::task::JoinHandle;
 
 use crate::child;
 use crate::slot::{Slot, SlotSpec};
@@ -15,17 +16,22 @@ use crate::state::DaemonState;
 #[derive(Debug)]
 pub struct Stack {
     slots: Vec<Slot>,
+    tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
 }
 
 impl Stack {
-    /// Starts every daemon with its sockets.
+    /// Starts every daemon with its sockets. The slots stop their daemons when
+    /// `shutdown` is pulled; a slot that panics pulls it (fast), since its daemon would
+    /// otherwise run unsupervised.
     pub fn start(
         settings: &Settings,
         daemons: Vec<(&'static str, DaemonSockets)>,
+        shutdown: &Shutdown,
     ) -> anyhow::Result<Self> {
         let settings_yaml = Arc::new(settings.to_yaml());
         let mut slots = Vec::new();
+        let mut tasks = Vec::new();
         for (name, sockets) in daemons {
             let spec = SlotSpec {
                 name,
@@ -35,10 +41,19 @@ impl Stack {
                 settings_yaml: settings_yaml.clone(),
                 grace: settings.grace_period(),
             };
-            slots.push(Slot::start(spec));
+            let (slot, task) = Slot::start(spec, shutdown.clone());
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = task.await {
+                    tracing::error!(daemon = name, "supervision failed: {e}; stopping the stack");
+                    shutdown.request(ShutdownKind::Fast);
+                }
+            }));
+            slots.push(slot);
         }
         Ok(Self {
             slots,
+            tasks: tokio::sync::Mutex::new(tasks),
             started: Instant::now(),
         })
     }
@@ -58,19 +73,20 @@ impl Stack {
         self.slots.iter().find(|s| s.name == name)
     }
 
-    /// Waits until every daemon is ready. Fails at the first daemon whose first instance
-    /// fails, or after `timeout`.
+    /// Waits until every daemon is ready. Fails at the first daemon whose instance
+    /// fails before it is ready, or after `timeout`.
     pub async fn wait_all_ready(&self, timeout: Duration) -> Result<(), String> {
         let all = async {
             for slot in &self.slots {
                 let mut watch = slot.watch();
+                let failures_before = watch.borrow().consecutive_failures;
                 loop {
                     {
                         let status = watch.borrow_and_update();
                         if status.state == DaemonState::Ready {
                             break;
                         }
-                        if status.consecutive_failures > 0 {
+                        if status.consecutive_failures > failures_before {
                             return Err(format!("{}: {}", slot.name, status.last_exit));
                         }
                     }
@@ -98,25 +114,11 @@ impl Stack {
             })
     }
 
-    /// Stops every daemon at once and waits until all are gone.
-    pub async fn stop(&self, kind: ShutdownKind) {
-        let mut stops = tokio::task::JoinSet::new();
-        for slot in self.slots.iter().cloned() {
-            stops.spawn(async move { slot.stop(kind).await });
-        }
-        while stops.join_next().await.is_some() {}
-    }
-
-    /// Turns a graceful stop in progress into a fast one: SIGINT to every instance.
-    pub fn hurry(&self) {
-        for slot in &self.slots {
-            let pid = slot.status().pid;
-            if pid != 0 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGINT,
-                );
-            }
+    /// Waits until every slot has stopped its daemon (after the shutdown was pulled).
+    pub async fn wait_stopped(&self) {
+        let tasks = std::mem::take(&mut *self.tasks.lock().await);
+        for task in tasks {
+            let _ = task.await;
         }
     }
 

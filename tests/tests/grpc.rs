@@ -108,7 +108,10 @@ fn mutating_calls_need_root_or_the_securely_user() {
         let out = as_nobody(args);
         assert!(!out.status.success(), "{args:?} succeeded as nobody");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("permission denied: uid 65534"), "{args:?}: {err}");
+        assert!(
+            err.contains("permission denied: uid 65534"),
+            "{args:?}: {err}"
+        );
     }
     // Root still may.
     stack.ctl_ok(&["queue:push", "q", "x"]);

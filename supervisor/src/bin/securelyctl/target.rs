@@ -22,11 +22,7 @@ impl Target {
             });
         }
         let settings = match conf {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                Settings::from_yaml(&text, &path.display().to_string(), |_| {})?
-            }
+            Some(path) => Settings::load_with(path, |_| {})?,
             None => Settings::default(),
         };
         Ok(Self {
