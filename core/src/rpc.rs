@@ -202,11 +202,22 @@ where
 
 /// Connects to the gRPC server on a Unix socket.
 pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    connect_with(path, None).await
+}
+
+/// Connects to the gRPC server on a Unix socket; every call on the channel fails with
+/// DEADLINE_EXCEEDED after `call_timeout` when given.
+pub async fn connect_with(
+    path: &Path,
+    call_timeout: Option<Duration>,
+) -> Result<Channel, tonic::transport::Error> {
     let path: PathBuf = path.to_path_buf();
-    Endpoint::from_shared(format!("unix://{}", path.display()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
+    let mut endpoint = Endpoint::from_shared(format!("unix://{}", path.display()))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(timeout) = call_timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    endpoint.connect().await
 }
 
 /// Who may make mutating calls: root, the user the stack runs as, and the configured user.

@@ -72,7 +72,8 @@ pub async fn get_on(
 }
 
 /// A backend on 127.0.0.1 that answers every request with 200 and a body of
-/// `name: value` lines: `path` first, then every request header.
+/// `name: value` lines: `path` first, then every request header. `/slow/MS` waits MS
+/// milliseconds first.
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -110,6 +111,15 @@ impl Drop for Backend {
 }
 
 async fn echo(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    // `/slow/MS` answers after MS milliseconds: a request that stays in flight.
+    if let Some(ms) = request
+        .uri()
+        .path()
+        .strip_prefix("/slow/")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let mut body = format!("path: {}\n", request.uri());
     for (name, value) in request.headers() {
         body.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("")));

@@ -8,9 +8,12 @@
 pub mod dns;
 pub mod http;
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -49,12 +52,19 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
-/// A TCP and UDP port free on 127.0.0.1 right now.
+/// A TCP and UDP port free on 127.0.0.1 right now, and never handed out before by this
+/// test process (so two stacks of parallel tests cannot be given the same one).
 pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
         let port = tcp.local_addr().expect("local addr").port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && HANDED_OUT
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(port)
+        {
             return port;
         }
     }
@@ -149,15 +159,23 @@ impl Stack {
     pub fn start_with(config: StackConfig) -> Self {
         let mut stack = Self::prepare(config);
         let log = std::fs::File::create(stack.log_path()).expect("log file");
-        let child = Command::new(bin("securely"))
+        let mut command = Command::new(bin("securely"));
+        command
             .arg("-c")
             .arg(&stack.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
-            .env("SECURELY_LOG", "info")
-            .spawn()
-            .expect("start securely");
+            .env("SECURELY_LOG", "info");
+        // SAFETY: prctl is async-signal-safe. If the test process dies without running
+        // Drop (killed, timed out), the stack is told to stop fast.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("start securely");
         stack.supervisor = Some(child);
         stack.wait_all_ready();
         stack
@@ -320,11 +338,17 @@ impl Drop for Stack {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // Daemons outliving their supervisor drain by themselves; kill any still here,
+        // if it is still ours (its pid may have been reused by now).
+        let ours = self.dir.path().display().to_string();
         for pid in daemon_pids {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if String::from_utf8_lossy(&environ).contains(&ours) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use securely_tests::{Stack, StackConfig, alive, bin, wait_for};
+use securely_tests::{Stack, StackConfig, alive, bin, http, wait_for};
 
 fn leftovers(stack: &Stack) -> Vec<String> {
     std::fs::read_dir(stack.run_dir())
@@ -68,8 +68,9 @@ fn daemon_mode_returns_only_when_ready_and_sigterm_leaves_nothing_behind() {
 
 #[test]
 fn daemon_mode_reports_a_failed_start_up() {
+    // Before the fork: a port taken.
     let stack = Stack::prepare(StackConfig::default());
-    let _taken = std::net::UdpSocket::bind(stack.dns).unwrap();
+    let taken = std::net::UdpSocket::bind(stack.dns).unwrap();
     let out = Command::new(bin("securely"))
         .arg("-d")
         .arg("-c")
@@ -79,6 +80,150 @@ fn daemon_mode_reports_a_failed_start_up() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("dns.listen[0]"), "{err}");
+    assert_eq!(
+        leftovers(&stack),
+        Vec::<String>::new(),
+        "sockets left behind"
+    );
+    drop(taken);
+
+    // After the fork: a daemon that cannot start (its tree is a file), reported by the
+    // background supervisor through the start-up pipe.
+    std::fs::create_dir_all(stack.dir.path().join("data")).unwrap();
+    std::fs::write(stack.dir.path().join("data/queued"), b"not a tree").unwrap();
+    let out = Command::new(bin("securely"))
+        .arg("-d")
+        .arg("-c")
+        .arg(&stack.config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("start-up failed") && err.contains("queued"),
+        "{err}"
+    );
+    wait_for(
+        "the background supervisor gone",
+        Duration::from_secs(10),
+        || leftovers(&stack).is_empty().then_some(()),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_request_in_flight_finish_and_stops_by_work() {
+    let mut stack = Stack::start_with(StackConfig {
+        extra_yaml: "grace_period_seconds: 30\n".into(),
+        ..StackConfig::default()
+    });
+    let backend = http::Backend::start().await;
+    stack.ctl_ok(&["site:link", "slow", &backend.addr.to_string()]);
+    let http_addr = stack.http;
+    let in_flight =
+        tokio::spawn(async move { http::get(http_addr, "slow.test", "/slow/1500").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    stack.signal_supervisor(Signal::SIGTERM);
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight completes");
+    assert_eq!(reply.status, 200);
+    let child = stack.supervisor.as_mut().unwrap();
+    let exit = wait_for("the supervisor to exit", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success());
+    // By work: long before the 30 s grace period.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_does_not_wait_for_work_in_flight() {
+    let mut stack = Stack::start_with(StackConfig {
+        extra_yaml: "grace_period_seconds: 30\n".into(),
+        ..StackConfig::default()
+    });
+    let backend = http::Backend::start().await;
+    stack.ctl_ok(&["site:link", "slow", &backend.addr.to_string()]);
+    let http_addr = stack.http;
+    let in_flight =
+        tokio::spawn(async move { http::get(http_addr, "slow.test", "/slow/20000").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    stack.signal_supervisor(Signal::SIGINT);
+    let child = stack.supervisor.as_mut().unwrap();
+    let exit = wait_for("the supervisor to exit", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the slow request was cut"
+    );
+}
+
+#[test]
+fn daemons_inherit_no_fd_but_their_sockets() {
+    let stack = Stack::prepare(StackConfig::default());
+    // An fd the supervisor itself inherits without close-on-exec.
+    let marker = stack.dir.path().join("leak-marker");
+    let file = std::fs::File::create(&marker).unwrap();
+    nix::fcntl::fcntl(
+        &file,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let log = std::fs::File::create(stack.log_path()).unwrap();
+    let mut child = Command::new(bin("securely"))
+        .arg("-c")
+        .arg(&stack.config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    drop(file);
+    let status = stack.wait_all_ready();
+    for daemon in status["daemons"].as_array().unwrap() {
+        let pid = daemon["pid"].as_u64().unwrap();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+            let target = std::fs::read_link(entry.unwrap().path()).unwrap_or_default();
+            assert_ne!(target, marker, "{} inherited the marker fd", daemon["name"]);
+        }
+    }
+    let supervisor_fds: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .collect();
+    assert!(
+        supervisor_fds.contains(&marker),
+        "the supervisor did inherit it"
+    );
+    stack.signal_supervisor(Signal::SIGINT);
+    let _ = child.wait();
+}
+
+#[test]
+fn securelyctl_stop_returns_once_the_stack_is_gone() {
+    let mut stack = Stack::start();
+    let pid = stack.supervisor_pid();
+    stack.ctl_ok(&["stop"]);
+    assert!(!stack.control_socket().exists());
+    let child = stack.supervisor.as_mut().unwrap();
+    let exit = wait_for("the supervisor reaped", Duration::from_secs(5), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success());
+    assert!(!alive(pid));
 }
 
 #[test]
@@ -104,15 +249,4 @@ fn sigint_stops_fast_and_leaves_nothing_behind() {
     }
     assert!(!stack.pid_file().exists());
     assert_eq!(leftovers(&stack), Vec::<String>::new());
-}
-
-#[test]
-fn stop_over_grpc_stops_the_stack() {
-    let mut stack = Stack::start();
-    stack.ctl_ok(&["stop"]);
-    let child = stack.supervisor.as_mut().unwrap();
-    let exit = wait_for("the supervisor to exit", Duration::from_secs(10), || {
-        child.try_wait().unwrap()
-    });
-    assert!(exit.success());
 }

@@ -32,12 +32,14 @@ fn an_unacknowledged_job_comes_back_after_its_timeout() {
         .ctl_ok(&["queue:push", "work", "job-1"])
         .trim()
         .to_string();
-    let first = stack.ctl_ok(&["queue:reserve", "work", "--timeout", "1"]);
+    let reserved_at = std::time::Instant::now();
+    let first = stack.ctl_ok(&["queue:reserve", "work", "--timeout", "3"]);
     assert!(first.starts_with(&id));
     // Reserved: not handed out again meanwhile.
     assert!(!stack.ctl(&["queue:reserve", "work"]).status.success());
     // Back after the timeout (wait for it rather than sleep).
-    let again = stack.ctl_ok(&["queue:reserve", "work", "--wait", "5"]);
+    let again = stack.ctl_ok(&["queue:reserve", "work", "--wait", "15"]);
+    assert!(reserved_at.elapsed() >= std::time::Duration::from_secs(3));
     assert_eq!(again.trim(), format!("{id} job-1"));
 }
 
@@ -52,7 +54,7 @@ fn failing_the_last_try_lands_in_failed() {
     let out = stack.ctl_ok(&["queue:fail", &id, "--error", "disk full"]);
     assert!(out.contains("retried"), "{out}");
     // The retry comes after its backoff (1 s by default).
-    stack.ctl_ok(&["queue:reserve", "reports", "--wait", "5"]);
+    stack.ctl_ok(&["queue:reserve", "reports", "--wait", "15"]);
     let out = stack.ctl_ok(&["queue:fail", &id, "--error", "disk still full"]);
     assert!(out.contains("failed list"), "{out}");
     let failed: serde_json::Value =

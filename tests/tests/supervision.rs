@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::RecordType;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use securely_tests::{Stack, dns, http, wait_for};
+use securely_tests::{Stack, alive, dns, http, wait_for};
 
 /// How fast a killed daemon must be back and serving.
 const BACK_WITHIN: Duration = Duration::from_secs(2);
@@ -60,8 +60,12 @@ async fn a_connection_made_while_proxyd_is_down_is_served_once_it_is_back() {
     let backend = http::Backend::start().await;
     stack.ctl_ok(&["site:link", "app", &backend.addr.to_string()]);
     let old = stack.ready_pid("proxyd").unwrap();
-    // The restart waits out the first backoff (100 ms): connect in that gap.
+    // The restart waits out the first backoff (100 ms): connect in that gap, once the
+    // old instance is surely gone.
     kill9(old);
+    wait_for("the old proxyd gone", Duration::from_secs(5), || {
+        (!alive(old)).then_some(())
+    });
     // The supervisor holds the listener: the connection is accepted by the kernel.
     let stream = tokio::net::TcpStream::connect(stack.http)
         .await
@@ -96,12 +100,12 @@ async fn restart_replaces_the_daemon_and_reports_the_new_pid() {
 #[test]
 fn a_crash_loop_is_visible_and_the_supervisor_survives_it() {
     let stack = Stack::start();
-    // Break queued's tree so every new instance fails to open it, then kill the running one.
+    // Break queued's tree so every new instance fails to open it, then kill the running
+    // one (the running instance keeps its open files; the path is what changes).
     let tree = stack.dir.path().join("data/queued");
-    let pid = stack.ready_pid("queued").unwrap();
-    kill9(pid);
-    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::rename(&tree, stack.dir.path().join("data/queued.moved")).unwrap();
     std::fs::write(&tree, b"not a directory").unwrap();
+    kill9(stack.ready_pid("queued").unwrap());
     let status = wait_for("crash loop visible", Duration::from_secs(20), || {
         let d = stack.daemon_status("queued")?;
         (d["consecutive_failures"].as_u64()? >= 3).then_some(d)

@@ -2,6 +2,8 @@
 
 use securely_proto::dns::dns_admin_client::DnsAdminClient;
 use securely_proto::dns::{ListRecordsRequest, SetRecordRequest, UnsetRecordRequest};
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::errors;
@@ -9,7 +11,9 @@ use crate::output;
 use crate::target::Target;
 
 async fn client(target: &Target) -> anyhow::Result<DnsAdminClient<tonic::transport::Channel>> {
-    Ok(DnsAdminClient::new(target.daemon("dnsd").await?))
+    Ok(DnsAdminClient::new(
+        target.daemon("dnsd", Duration::ZERO).await?,
+    ))
 }
 
 pub async fn set(

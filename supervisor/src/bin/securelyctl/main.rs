@@ -41,11 +41,14 @@ enum Command {
         /// proxyd, dnsd or queued.
         daemon: String,
     },
-    /// Stop the whole stack.
+    /// Stop the whole stack and wait until it is gone.
     Stop {
         /// Stop at once instead of letting in-flight work finish (like SIGINT).
         #[arg(long)]
         fast: bool,
+        /// Return once the stop is requested instead of waiting for it.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Route NAME.<tld> (and any --host) to a backend.
     #[command(name = "site:link")]
@@ -184,7 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Status { json } => stack::status(&target, json).await,
         Command::Restart { daemon } => stack::restart(&target, &daemon).await,
-        Command::Stop { fast } => stack::stop(&target, fast).await,
+        Command::Stop { fast, no_wait } => stack::stop(&target, fast, no_wait).await,
         Command::SiteLink {
             name,
             target: to,

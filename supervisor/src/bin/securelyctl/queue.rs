@@ -4,6 +4,8 @@ use securely_proto::queue::queue_client::QueueClient;
 use securely_proto::queue::{
     AckRequest, FailRequest, ListFailedRequest, PushRequest, ReserveRequest, StatsRequest,
 };
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::errors;
@@ -11,8 +13,20 @@ use crate::output;
 use crate::target::Target;
 
 async fn client(target: &Target) -> anyhow::Result<QueueClient<tonic::transport::Channel>> {
-    Ok(QueueClient::new(target.daemon("queued").await?))
+    client_waiting(target, 0).await
 }
+
+/// A client whose calls may also wait `wait_seconds` for a job.
+async fn client_waiting(
+    target: &Target,
+    wait_seconds: u64,
+) -> anyhow::Result<QueueClient<tonic::transport::Channel>> {
+    let extra = Duration::from_secs(wait_seconds.min(MAX_WAIT_SECONDS));
+    Ok(QueueClient::new(target.daemon("queued", extra).await?))
+}
+
+/// The longest wait queued grants (it refuses longer ones with a clear error).
+const MAX_WAIT_SECONDS: u64 = 3600;
 
 pub async fn push(
     target: &Target,
@@ -42,7 +56,7 @@ pub async fn reserve(
     timeout_seconds: u64,
     wait_seconds: u64,
 ) -> anyhow::Result<()> {
-    let job = client(target)
+    let job = client_waiting(target, wait_seconds)
         .await?
         .reserve(ReserveRequest {
             queue,

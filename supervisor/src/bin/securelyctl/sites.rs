@@ -2,6 +2,8 @@
 
 use securely_proto::proxy::proxy_admin_client::ProxyAdminClient;
 use securely_proto::proxy::{LinkSiteRequest, ListSitesRequest, UnlinkSiteRequest};
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::errors;
@@ -9,7 +11,9 @@ use crate::output;
 use crate::target::Target;
 
 async fn client(target: &Target) -> anyhow::Result<ProxyAdminClient<tonic::transport::Channel>> {
-    Ok(ProxyAdminClient::new(target.daemon("proxyd").await?))
+    Ok(ProxyAdminClient::new(
+        target.daemon("proxyd", Duration::ZERO).await?,
+    ))
 }
 
 pub async fn link(

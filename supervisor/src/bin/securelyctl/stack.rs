@@ -2,6 +2,8 @@
 
 use securely_proto::supervisor::supervisor_client::SupervisorClient;
 use securely_proto::supervisor::{ProcessStatus, RestartRequest, StatusRequest, StopRequest};
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::errors;
@@ -86,7 +88,7 @@ fn process_json(p: &ProcessStatus) -> serde_json::Value {
 }
 
 pub async fn restart(target: &Target, daemon: &str) -> anyhow::Result<()> {
-    let mut client = SupervisorClient::new(target.supervisor().await?);
+    let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
     let reply = client
         .restart(RestartRequest {
             daemon: daemon.to_string(),
@@ -98,12 +100,23 @@ pub async fn restart(target: &Target, daemon: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn stop(target: &Target, fast: bool) -> anyhow::Result<()> {
+/// How often `stop` looks whether the supervisor is gone.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+pub async fn stop(target: &Target, fast: bool, no_wait: bool) -> anyhow::Result<()> {
     let mut client = SupervisorClient::new(target.supervisor().await?);
     client
         .stop(StopRequest { graceful: !fast })
         .await
         .map_err(|s| errors::rpc("supervisor", s))?;
-    println!("stopping");
+    if no_wait {
+        println!("stopping");
+        return Ok(());
+    }
+    // The supervisor removes its control socket last, once every daemon is gone.
+    while target.control_socket().exists() {
+        tokio::time::sleep(STOP_POLL).await;
+    }
+    println!("stopped");
     Ok(())
 }

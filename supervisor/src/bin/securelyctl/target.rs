@@ -2,6 +2,7 @@
 //! `--socket`'s env), or the default runtime dir.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use securely_core::settings::Settings;
@@ -36,25 +37,45 @@ impl Target {
         dir.join(securely_core::paths::daemon_socket_name(daemon))
     }
 
-    /// Connects to the supervisor.
-    pub async fn supervisor(&self) -> anyhow::Result<Channel> {
-        connect(&self.control, "the supervisor").await
+    /// The control socket.
+    pub fn control_socket(&self) -> &Path {
+        &self.control
     }
 
-    /// Connects to a daemon.
-    pub async fn daemon(&self, daemon: &str) -> anyhow::Result<Channel> {
-        connect(&self.daemon_socket(daemon), daemon).await
+    /// Connects to the supervisor; calls time out after [`CALL_TIMEOUT`].
+    pub async fn supervisor(&self) -> anyhow::Result<Channel> {
+        connect(&self.control, "the supervisor", Some(CALL_TIMEOUT)).await
+    }
+
+    /// Connects to the supervisor for a call that may take as long as it takes (a
+    /// restart waits for the new instance, bounded by the supervisor itself).
+    pub async fn supervisor_unbounded(&self) -> anyhow::Result<Channel> {
+        connect(&self.control, "the supervisor", None).await
+    }
+
+    /// Connects to a daemon; calls time out after `extra` plus [`CALL_TIMEOUT`].
+    pub async fn daemon(&self, daemon: &str, extra: Duration) -> anyhow::Result<Channel> {
+        connect(
+            &self.daemon_socket(daemon),
+            daemon,
+            Some(CALL_TIMEOUT + extra),
+        )
+        .await
     }
 }
 
-async fn connect(path: &Path, who: &str) -> anyhow::Result<Channel> {
+/// How long a call may take before securelyctl gives up (a daemon restarting is
+/// waited for: its socket stays open meanwhile).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+async fn connect(path: &Path, who: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
     if !path.exists() {
         anyhow::bail!(
             "cannot reach {who}: {} does not exist (is securely running? try -c FILE or --socket PATH)",
             path.display()
         );
     }
-    securely_core::rpc::connect(path)
+    securely_core::rpc::connect_with(path, timeout)
         .await
         .with_context(|| format!("cannot reach {who} at {}", path.display()))
 }
