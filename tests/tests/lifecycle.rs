@@ -250,3 +250,54 @@ fn sigint_stops_fast_and_leaves_nothing_behind() {
     assert!(!stack.pid_file().exists());
     assert_eq!(leftovers(&stack), Vec::<String>::new());
 }
+
+#[test]
+fn sigterm_during_start_up_and_during_a_restart_leaves_nothing_behind() {
+    // During start-up: the signal arrives before the daemons are ready.
+    let stack = Stack::prepare(StackConfig::default());
+    let mut child = Command::new(bin("securely"))
+        .arg("-c")
+        .arg(&stack.config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    wait_for("the pid file", Duration::from_secs(10), || {
+        stack.pid_file().exists().then_some(())
+    });
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let exit = wait_for("the supervisor to exit", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success(), "{exit:?}");
+    assert_eq!(leftovers(&stack), Vec::<String>::new());
+
+    // During a restart: the stop is not held up by it.
+    let mut stack = Stack::start();
+    let socket = stack.control_socket();
+    let restart = std::thread::spawn(move || {
+        Command::new(bin("securelyctl"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["restart", "queued"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    stack.signal_supervisor(Signal::SIGTERM);
+    let child = stack.supervisor.as_mut().unwrap();
+    let exit = wait_for("the supervisor to exit", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success());
+    // The restart either finished before the stop or was told why it did not.
+    let out = restart.join().unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("stopping") || err.contains("cannot reach"),
+            "{err}"
+        );
+    }
+    assert_eq!(leftovers(&stack), Vec::<String>::new());
+}
