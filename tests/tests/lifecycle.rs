@@ -110,18 +110,42 @@ fn daemon_mode_reports_a_failed_start_up() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_a_request_in_flight_finish_and_stops_by_work() {
-    let mut stack = Stack::start_with(StackConfig {
+/// A stack with a 30 s grace period, and a request to a site whose backend takes `ms`
+/// milliseconds, in flight.
+async fn stack_with_request_in_flight(
+    ms: u64,
+) -> (
+    Stack,
+    http::Backend,
+    tokio::task::JoinHandle<std::io::Result<http::Reply>>,
+) {
+    let stack = Stack::start_with(StackConfig {
         extra_yaml: "grace_period_seconds: 30\n".into(),
         ..StackConfig::default()
     });
     let backend = http::Backend::start().await;
     stack.ctl_ok(&["site:link", "slow", &backend.addr.to_string()]);
     let http_addr = stack.http;
-    let in_flight =
-        tokio::spawn(async move { http::get(http_addr, "slow.test", "/slow/1500").await });
+    let path = format!("/slow/{ms}");
+    let in_flight = tokio::spawn(async move { http::get(http_addr, "slow.test", &path).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    (stack, backend, in_flight)
+}
+
+/// Waits for the foreground supervisor to exit and returns how long that took since
+/// `since`.
+fn exit_time(stack: &mut Stack, since: Instant) -> Duration {
+    let child = stack.supervisor.as_mut().unwrap();
+    let exit = wait_for("the supervisor to exit", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    assert!(exit.success(), "{exit:?}");
+    since.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_request_in_flight_finish_and_stops_by_work() {
+    let (mut stack, _backend, in_flight) = stack_with_request_in_flight(1500).await;
     let started = Instant::now();
     stack.signal_supervisor(Signal::SIGTERM);
     let reply = in_flight
@@ -129,43 +153,18 @@ async fn sigterm_lets_a_request_in_flight_finish_and_stops_by_work() {
         .unwrap()
         .expect("the request in flight completes");
     assert_eq!(reply.status, 200);
-    let child = stack.supervisor.as_mut().unwrap();
-    let exit = wait_for("the supervisor to exit", Duration::from_secs(20), || {
-        child.try_wait().unwrap()
-    });
-    assert!(exit.success());
     // By work: long before the 30 s grace period.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = exit_time(&mut stack, started);
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigint_does_not_wait_for_work_in_flight() {
-    let mut stack = Stack::start_with(StackConfig {
-        extra_yaml: "grace_period_seconds: 30\n".into(),
-        ..StackConfig::default()
-    });
-    let backend = http::Backend::start().await;
-    stack.ctl_ok(&["site:link", "slow", &backend.addr.to_string()]);
-    let http_addr = stack.http;
-    let in_flight =
-        tokio::spawn(async move { http::get(http_addr, "slow.test", "/slow/20000").await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut stack, _backend, in_flight) = stack_with_request_in_flight(20_000).await;
     let started = Instant::now();
     stack.signal_supervisor(Signal::SIGINT);
-    let child = stack.supervisor.as_mut().unwrap();
-    let exit = wait_for("the supervisor to exit", Duration::from_secs(10), || {
-        child.try_wait().unwrap()
-    });
-    assert!(exit.success());
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = exit_time(&mut stack, started);
+    assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(
         in_flight.await.unwrap().is_err(),
         "the slow request was cut"
