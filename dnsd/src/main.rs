@@ -266,12 +266,8 @@ async fn drain_dns(
 }
 
 /// Stops accepting gRPC calls and lets the admin calls in flight finish (until
-/// `deadline`). A fast request meanwhile cuts the calls short: the server, detached by
-/// the dropped stop, ends with the runtime right after.
+/// `deadline`); a fast request meanwhile cuts them short.
 async fn stop_grpc(daemon: &Daemon, grpc: RpcServer, deadline: Instant) {
     tracing::info!(calls = grpc.calls_in_flight(), "stopping gRPC");
-    tokio::select! {
-        () = grpc.stop(deadline) => {}
-        () = daemon.shutdown.wait_fast() => tracing::info!("fast stop requested; cutting gRPC calls short"),
-    }
+    grpc.stop_within(deadline, daemon.shutdown.wait_fast()).await;
 }

@@ -230,11 +230,7 @@ async fn stop_grpc(grpc: RpcServer, kind: ShutdownKind, shutdown: &Shutdown, dea
         grpc.abort();
         return;
     }
-    tokio::select! {
-        () = grpc.stop(deadline) => {}
-        // Dropping the stop leaves the server to the runtime, which is dropped next.
-        () = shutdown.wait_fast() => tracing::warn!("fast shutdown requested; cutting gRPC calls short"),
-    }
+    grpc.stop_within(deadline, shutdown.wait_fast()).await;
 }
 
 /// Resolves with the service's failure; pends forever if it never reports one.
