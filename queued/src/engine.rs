@@ -212,15 +212,21 @@ impl Engine {
     }
 
     /// Removes a reserved job; answers once that is durable.
-    pub async fn ack(&self, id: u64) -> Result<(), EngineError> {
-        self.with_store(|store, _| store.ack(id))?;
+    pub async fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), EngineError> {
+        self.with_store(|store, _| store.ack(id, attempt))?;
         self.committer.durable().await?;
         Ok(())
     }
 
     /// Records a failed attempt; answers once that is durable.
-    pub async fn fail(&self, id: u64, error: &str) -> Result<FailOutcome, EngineError> {
-        let outcome = self.with_store(|store, now| store.fail(id, error, now, &self.backoff))?;
+    pub async fn fail(
+        &self,
+        id: u64,
+        attempt: Option<u32>,
+        error: &str,
+    ) -> Result<FailOutcome, EngineError> {
+        let outcome =
+            self.with_store(|store, now| store.fail(id, attempt, error, now, &self.backoff))?;
         if let FailOutcome::Retry { queue, .. } = &outcome {
             self.wakeups.wake(queue);
         }

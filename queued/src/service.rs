@@ -67,6 +67,9 @@ fn status(e: EngineError) -> Status {
             "job {id} is not reserved (acknowledged or failed already, or its reservation \
              expired and it went back to its queue)"
         )),
+        EngineError::Store(e @ StoreError::StaleReservation { .. }) => {
+            Status::failed_precondition(e.to_string())
+        }
         EngineError::Empty(queue) => Status::not_found(format!("queue {queue} is empty")),
         EngineError::ShuttingDown | EngineError::Commit(CommitError::Stopped) => {
             Status::unavailable("queued is shutting down; retry against the next instance")
@@ -113,16 +116,23 @@ impl Queue for QueueService {
     async fn ack(&self, request: Request<AckRequest>) -> Result<Response<AckReply>, Status> {
         self.access.authorize(&request)?;
         let id = validate::job_id(request.get_ref().id).map_err(invalid)?;
-        self.engine.ack(id).await.map_err(status)?;
+        let attempt = Some(request.get_ref().attempt).filter(|a| *a != 0);
+        self.engine.ack(id, attempt).await.map_err(status)?;
         Ok(Response::new(AckReply {}))
     }
 
     async fn fail(&self, request: Request<FailRequest>) -> Result<Response<FailReply>, Status> {
         self.access.authorize(&request)?;
-        let FailRequest { id, error } = request.into_inner();
+        let FailRequest { id, error, attempt } = request.into_inner();
         let id = validate::job_id(id).map_err(invalid)?;
         let error = validate::error_text(error);
-        let reply = match self.engine.fail(id, &error).await.map_err(status)? {
+        let attempt = Some(attempt).filter(|a| *a != 0);
+        let reply = match self
+            .engine
+            .fail(id, attempt, &error)
+            .await
+            .map_err(status)?
+        {
             FailOutcome::Retry { at_ms, .. } => FailReply {
                 will_retry: true,
                 retry_at_ms: at_ms,

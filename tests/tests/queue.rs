@@ -41,6 +41,11 @@ fn an_unacknowledged_job_comes_back_after_its_timeout() {
     let again = stack.ctl_ok(&["queue:reserve", "work", "--wait", "15"]);
     assert!(reserved_at.elapsed() >= std::time::Duration::from_secs(3));
     assert_eq!(again.trim(), format!("{id} job-1"));
+    // The first worker, late, cannot ack the job from under the second.
+    let late = stack.ctl(&["queue:ack", &id, "--attempt", "1"]);
+    assert!(!late.status.success());
+    assert!(String::from_utf8_lossy(&late.stderr).contains("expired"));
+    stack.ctl_ok(&["queue:ack", &id, "--attempt", "2"]);
 }
 
 #[test]

@@ -41,6 +41,31 @@ pub enum StoreError {
     /// Ack or Fail of a job that is not reserved.
     #[error("job {0} is not reserved")]
     NotReserved(u64),
+    /// Ack or Fail for an attempt whose reservation expired; the job is now reserved by
+    /// a later attempt.
+    #[error(
+        "job {id}: the reservation of attempt {attempt} expired; it is now at attempt {current}"
+    )]
+    StaleReservation {
+        /// The job.
+        id: u64,
+        /// The attempt the caller held.
+        attempt: u32,
+        /// The attempt that holds it now.
+        current: u32,
+    },
+}
+
+/// Checks that `job`, reserved, is still at the `attempt` the caller holds (if given).
+fn check_attempt(id: u64, job: &JobRecord, attempt: Option<u32>) -> Result<(), StoreError> {
+    match attempt {
+        Some(attempt) if attempt != job.attempts => Err(StoreError::StaleReservation {
+            id,
+            attempt,
+            current: job.attempts,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A job to enqueue.
@@ -412,7 +437,7 @@ impl Store {
     }
 
     /// Removes a reserved job (its work is done).
-    pub fn ack(&self, id: u64) -> Result<(), StoreError> {
+    pub fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), StoreError> {
         self.transact(|tx| {
             let Some(job) = tx.job(id)? else {
                 return abort(StoreError::NotReserved(id));
@@ -420,6 +445,9 @@ impl Store {
             let JobState::Reserved { until_ms } = job.state else {
                 return abort(StoreError::NotReserved(id));
             };
+            if let Err(e) = check_attempt(id, &job, attempt) {
+                return abort(e);
+            }
             tx.jobs.remove(keys::id_key(id))?;
             tx.payloads.remove(keys::id_key(id))?;
             tx.reserved.remove(keys::reserved_key(until_ms, id))?;
@@ -432,6 +460,7 @@ impl Store {
     pub fn fail(
         &self,
         id: u64,
+        attempt: Option<u32>,
         error: &str,
         now_ms: u64,
         backoff: &Backoff,
@@ -443,6 +472,9 @@ impl Store {
             let JobState::Reserved { until_ms } = job.state else {
                 return abort(StoreError::NotReserved(id));
             };
+            if let Err(e) = check_attempt(id, &job, attempt) {
+                return abort(e);
+            }
             tx.reserved.remove(keys::reserved_key(until_ms, id))?;
             if job.attempts < job.max_tries {
                 let at_ms = now_ms.saturating_add(backoff.delay_ms(job.attempts));

@@ -65,8 +65,8 @@ fn push_reserve_ack_removes_the_job() {
             next_available_at_ms: None
         }
     );
-    store.ack(id).unwrap();
-    assert!(matches!(store.ack(id), Err(StoreError::NotReserved(i)) if i == id));
+    store.ack(id, None).unwrap();
+    assert!(matches!(store.ack(id, None), Err(StoreError::NotReserved(i)) if i == id));
     let s = stats(&store, "q", T);
     assert_eq!(
         (s.ready, s.delayed, s.reserved, s.failed, s.pushed_total),
@@ -124,9 +124,27 @@ fn an_expired_reservation_returns_with_its_attempt_counted() {
         }
     );
     // The worker that lost the reservation can no longer ack it.
-    assert!(matches!(store.ack(id), Err(StoreError::NotReserved(_))));
+    assert!(matches!(
+        store.ack(id, None),
+        Err(StoreError::NotReserved(_))
+    ));
     let second = reserve(&store, "q", T + 1_000);
     assert_eq!((second.id, second.attempt), (id, 2));
+    // Once handed out again, the late worker's ack for attempt 1 is refused; the new
+    // holder's ack for attempt 2 goes through.
+    assert!(matches!(
+        store.ack(id, Some(1)),
+        Err(StoreError::StaleReservation {
+            attempt: 1,
+            current: 2,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.fail(id, Some(1), "late", T + 1_000, &Backoff::new(1, 60)),
+        Err(StoreError::StaleReservation { .. })
+    ));
+    store.ack(id, Some(2)).unwrap();
 }
 
 #[test]
@@ -168,7 +186,7 @@ fn fail_retries_with_backoff_then_lands_in_the_failed_list() {
 
     reserve(&store, "q", T);
     assert_eq!(
-        store.fail(id, "first", T, &backoff).unwrap(),
+        store.fail(id, None, "first", T, &backoff).unwrap(),
         FailOutcome::Retry {
             queue: "q".into(),
             at_ms: T + 1_000
@@ -181,7 +199,7 @@ fn fail_retries_with_backoff_then_lands_in_the_failed_list() {
     let second = reserve(&store, "q", T + 1_000);
     assert_eq!(second.attempt, 2);
     assert_eq!(
-        store.fail(id, "second", T + 1_000, &backoff).unwrap(),
+        store.fail(id, None, "second", T + 1_000, &backoff).unwrap(),
         FailOutcome::Retry {
             queue: "q".into(),
             at_ms: T + 3_000
@@ -190,11 +208,11 @@ fn fail_retries_with_backoff_then_lands_in_the_failed_list() {
     let third = reserve(&store, "q", T + 3_000);
     assert_eq!(third.attempt, 3);
     assert_eq!(
-        store.fail(id, "third", T + 3_000, &backoff).unwrap(),
+        store.fail(id, None, "third", T + 3_000, &backoff).unwrap(),
         FailOutcome::Failed
     );
     assert!(matches!(
-        store.fail(id, "again", T, &backoff),
+        store.fail(id, None, "again", T, &backoff),
         Err(StoreError::NotReserved(_))
     ));
 
@@ -220,13 +238,16 @@ fn ack_and_fail_need_a_reservation() {
     let (store, _dir) = open();
     let backoff = Backoff::new(1, 60);
     let id = push(&store, "q", b"x", T, 1);
-    assert!(matches!(store.ack(id), Err(StoreError::NotReserved(_))));
     assert!(matches!(
-        store.fail(id, "e", T, &backoff),
+        store.ack(id, None),
         Err(StoreError::NotReserved(_))
     ));
     assert!(matches!(
-        store.ack(999_999),
+        store.fail(id, None, "e", T, &backoff),
+        Err(StoreError::NotReserved(_))
+    ));
+    assert!(matches!(
+        store.ack(999_999, None),
         Err(StoreError::NotReserved(_))
     ));
 }
@@ -242,7 +263,7 @@ fn stats_count_every_state() {
     push(&store, "other", b"x", T, 1);
     reserve(&store, "q", T);
     let doomed = reserve(&store, "q", T);
-    store.fail(doomed.id, "boom", T, &backoff).unwrap();
+    store.fail(doomed.id, None, "boom", T, &backoff).unwrap();
     let s = stats(&store, "q", T);
     assert_eq!(
         (s.ready, s.delayed, s.reserved, s.failed, s.pushed_total),
@@ -259,7 +280,7 @@ fn the_failed_list_respects_its_size_limit() {
     for _ in 0..3 {
         push(&store, "q", &[0; 100], T, 1);
         let job = reserve(&store, "q", T);
-        store.fail(job.id, "e", T, &backoff).unwrap();
+        store.fail(job.id, None, "e", T, &backoff).unwrap();
     }
     let list = store.list_failed(None, 250).unwrap();
     assert_eq!((list.jobs.len(), list.omitted), (2, 1));

@@ -236,7 +236,7 @@ impl Client {
 
     /// Acknowledges.
     pub async fn ack(&mut self, id: u64) -> Result<(), tonic::Status> {
-        self.0.ack(AckRequest { id }).await.map(|_| ())
+        self.0.ack(AckRequest { id, attempt: 0 }).await.map(|_| ())
     }
 
     /// Fails an attempt.
@@ -249,6 +249,7 @@ impl Client {
             .fail(FailRequest {
                 id,
                 error: error.into(),
+                attempt: 0,
             })
             .await
             .map(|r| r.into_inner())

@@ -135,6 +135,10 @@ enum Command {
     QueueAck {
         /// The job's id.
         id: u64,
+        /// Only if the job is still at this attempt (refused if the reservation expired
+        /// and the job was handed out again).
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
     },
     /// Report a failed attempt: the job is retried, or moves to the failed list.
     #[command(name = "queue:fail")]
@@ -144,6 +148,9 @@ enum Command {
         /// What went wrong.
         #[arg(long, value_name = "TEXT", default_value = "")]
         error: String,
+        /// Only if the job is still at this attempt.
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
     },
     /// List the jobs that failed for good.
     #[command(name = "queue:failed")]
@@ -214,8 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout,
             wait,
         } => queue::reserve(&target, queue, timeout.unwrap_or(0), wait).await,
-        Command::QueueAck { id } => queue::ack(&target, id).await,
-        Command::QueueFail { id, error } => queue::fail(&target, id, error).await,
+        Command::QueueAck { id, attempt } => queue::ack(&target, id, attempt.unwrap_or(0)).await,
+        Command::QueueFail { id, error, attempt } => {
+            queue::fail(&target, id, error, attempt.unwrap_or(0)).await
+        }
         Command::QueueFailed { json } => queue::failed(&target, json).await,
         Command::QueueStats { json } => queue::stats(&target, json).await,
     }

@@ -70,20 +70,20 @@ pub async fn reserve(
     Ok(())
 }
 
-pub async fn ack(target: &Target, id: u64) -> anyhow::Result<()> {
+pub async fn ack(target: &Target, id: u64, attempt: u32) -> anyhow::Result<()> {
     client(target)
         .await?
-        .ack(AckRequest { id })
+        .ack(AckRequest { id, attempt })
         .await
         .map_err(|s| errors::rpc("queued", s))?;
     println!("{id} acknowledged");
     Ok(())
 }
 
-pub async fn fail(target: &Target, id: u64, error: String) -> anyhow::Result<()> {
+pub async fn fail(target: &Target, id: u64, error: String, attempt: u32) -> anyhow::Result<()> {
     let reply = client(target)
         .await?
-        .fail(FailRequest { id, error })
+        .fail(FailRequest { id, error, attempt })
         .await
         .map_err(|s| errors::rpc("queued", s))?
         .into_inner();
