@@ -136,8 +136,9 @@ impl Conn {
         }
     }
 
-    /// Reserves one job (waiting up to 1 s for one) and returns its id and payload length.
-    async fn reserve(&mut self) -> Result<(u64, usize)> {
+    /// Reserves one job (waiting up to 1 s for one) and returns its id, attempt (beanstalkd:
+    /// 0) and payload length.
+    async fn reserve(&mut self) -> Result<(u64, u32, usize)> {
         match self {
             Conn::Grpc { client, queue } => {
                 let job = client
@@ -149,7 +150,7 @@ impl Conn {
                     .await
                     .map_err(|s| anyhow!("Reserve: {:?}: {}", s.code(), s.message()))?
                     .into_inner();
-                Ok((job.id, job.payload.len()))
+                Ok((job.id, job.attempt, job.payload.len()))
             }
             Conn::Beanstalk { .. } => {
                 let resp = self.bs_command(b"reserve-with-timeout 1", None).await?;
@@ -166,16 +167,17 @@ impl Conn {
                 };
                 let mut body = vec![0; len + 2];
                 reader.read_exact(&mut body).await?;
-                Ok((id, len))
+                Ok((id, 0, len))
             }
         }
     }
 
-    async fn ack(&mut self, id: u64) -> Result<()> {
+    /// Acknowledges the reservation `attempt` of job `id` (as a worker would).
+    async fn ack(&mut self, id: u64, attempt: u32) -> Result<()> {
         match self {
             Conn::Grpc { client, .. } => {
                 client
-                    .ack(AckRequest { id, attempt: 0 })
+                    .ack(AckRequest { id, attempt })
                     .await
                     .map_err(|s| anyhow!("Ack {id}: {:?}: {}", s.code(), s.message()))?;
                 Ok(())
@@ -314,12 +316,12 @@ async fn main() -> Result<()> {
 
     let (_conns, reserve_ack) = run_phase(conns, &per_caller, |conn| {
         Box::pin(async move {
-            let (id, len) = conn.reserve().await?;
+            let (id, attempt, len) = conn.reserve().await?;
             let want = PAYLOAD.get().expect("payload").len();
             if len != want {
                 bail!("job {id}: payload of {len} bytes, pushed {want}");
             }
-            conn.ack(id).await
+            conn.ack(id, attempt).await
         })
     })
     .await
