@@ -221,6 +221,13 @@ impl ProxyHttp for SiteProxy {
         }
     }
 
+    /// A client that goes away before its answer (a closed tab, a load generator
+    /// stopping) is routine, not an error of the proxy: pingora's ERROR line is dropped
+    /// and [`ProxyHttp::logging`] notes it at debug level.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        is_client_gone(error)
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let site = ctx.route.as_ref().map_or("-", |r| r.site.as_str());
@@ -232,6 +239,16 @@ impl ProxyHttp for SiteProxy {
             session.request_summary()
         );
     }
+}
+
+/// Whether `error` means the client closed or reset its connection.
+fn is_client_gone(error: &Error) -> bool {
+    use pingora::{ErrorSource, ErrorType};
+    error.esource() == &ErrorSource::Downstream
+        && matches!(
+            error.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
 }
 
 /// The host a request is for: its one Host header (HTTP/1.1 requires one, and pingora
@@ -302,6 +319,19 @@ mod tests {
             req.append_header(name.to_string(), *value).unwrap();
         }
         req
+    }
+
+    #[test]
+    fn only_a_client_going_away_is_kept_out_of_the_error_log() {
+        use pingora::{ErrorSource, ErrorType};
+        let gone = Error::new(ErrorType::ConnectionClosed).into_down();
+        assert_eq!(gone.esource(), &ErrorSource::Downstream);
+        assert!(is_client_gone(&gone));
+        let backend_closed = Error::new(ErrorType::ConnectionClosed).into_up();
+        assert!(!is_client_gone(&backend_closed));
+        assert!(!is_client_gone(
+            &Error::new(ErrorType::ConnectRefused).into_down()
+        ));
     }
 
     #[test]
