@@ -269,5 +269,6 @@ async fn drain_dns(
 /// `deadline`); a fast request meanwhile cuts them short.
 async fn stop_grpc(daemon: &Daemon, grpc: RpcServer, deadline: Instant) {
     tracing::info!(calls = grpc.calls_in_flight(), "stopping gRPC");
-    grpc.stop_within(deadline, daemon.shutdown.wait_fast()).await;
+    grpc.stop_within(deadline, daemon.shutdown.wait_fast())
+        .await;
 }
