@@ -56,6 +56,8 @@ pub fn daemon_socket_name(daemon: &str) -> String {
 
 /// Mode of the runtime directory: the securely group may reach the sockets.
 pub const RUNTIME_DIR_MODE: u32 = 0o750;
+/// Mode of a data directory the supervisor creates.
+pub const DATA_DIR_MODE: u32 = 0o750;
 
 /// Creates the runtime directory (and its parents) with [`RUNTIME_DIR_MODE`]. An existing
 /// one must be a real directory owned by this user (any owner when root): a directory

@@ -44,8 +44,6 @@ use crate::stack::Stack;
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long status calls in flight get when the supervisor exits.
 const CONTROL_STOP_TIMEOUT: Duration = Duration::from_secs(1);
-/// Mode of a data directory the supervisor creates.
-const DATA_DIR_MODE: u32 = 0o750;
 
 fn main() -> ExitCode {
     ensure_stdio();
@@ -171,7 +169,7 @@ fn prepare_dirs(runtime_dir: &Path, data_dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("runtime_dir: creating {}", runtime_dir.display()))?;
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(DATA_DIR_MODE)
+        .mode(paths::DATA_DIR_MODE)
         .create(data_dir)
         .with_context(|| format!("data_dir: creating {}", data_dir.display()))
 }
