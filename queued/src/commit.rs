@@ -95,6 +95,9 @@ impl CommitHandle {
     }
 }
 
+/// Exit status after a failed commit (EX_IOERR).
+const EXIT_COMMIT_FAILED: i32 = 74;
+
 fn run(db: sled::Db, mut disk: Option<DiskSync>, mut rx: mpsc::UnboundedReceiver<Message>) {
     let mut batch: Vec<Waiter> = Vec::new();
     let (mut commits, mut waiters) = (0u64, 0u64);
@@ -113,11 +116,15 @@ fn run(db: sled::Db, mut disk: Option<DiskSync>, mut rx: mpsc::UnboundedReceiver
         let result = commit(&db, disk.as_mut());
         commits += 1;
         waiters += batch.len() as u64;
-        if let Err(e) = &result {
-            tracing::error!(waiters = batch.len(), "commit failed: {e}");
-        }
         for waiter in batch.drain(..) {
             let _ = waiter.send(result.clone());
+        }
+        if let Err(e) = &result {
+            // After a failed flush or fsync the kernel may have dropped the pages: what is
+            // in memory can no longer be trusted to reach the disk. Exit, so that the
+            // supervisor restarts queued from what really is on disk.
+            tracing::error!("commit failed: {e}; exiting so that queued restarts from disk");
+            std::process::exit(EXIT_COMMIT_FAILED);
         }
         if stop {
             tracing::info!(commits, waiters, "committer stopped");

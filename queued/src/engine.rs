@@ -59,16 +59,37 @@ struct State {
     store: Option<Store>,
     /// When the reaper next wakes, Unix ms (`u64::MAX`: no reservation pending).
     next_reap_at_ms: u64,
-    /// The latest time handed to the store: the store's clock never goes back, so jobs
-    /// pushed one after the other keep their order even if the wall clock is stepped.
-    clock_ms: u64,
+    /// The store's clock.
+    clock: Clock,
 }
 
 impl State {
-    /// Now, never earlier than any time used before.
+    /// Now, on the store's clock.
     fn now_ms(&mut self) -> u64 {
-        self.clock_ms = self.clock_ms.max(now_ms());
-        self.clock_ms
+        self.clock.now_ms()
+    }
+}
+
+/// The store's clock: the wall clock read once at start, advanced by the monotonic clock.
+/// It never goes back, so jobs pushed one after the other keep their order, and a step of
+/// the wall clock while running neither freezes expiries nor fires them early.
+#[derive(Debug)]
+struct Clock {
+    wall_at_start_ms: u64,
+    started: std::time::Instant,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall_at_start_ms: now_ms(),
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.wall_at_start_ms.saturating_add(elapsed)
     }
 }
 
@@ -104,7 +125,7 @@ impl Engine {
             state: Mutex::new(State {
                 store: Some(store),
                 next_reap_at_ms: 0,
-                clock_ms: 0,
+                clock: Clock::start(),
             }),
             committer,
             wakeups: Wakeups::default(),
@@ -146,8 +167,9 @@ impl Engine {
             };
             store.push(job, now)
         })?;
-        self.wakeups.wake(queue);
-        self.committer.durable().await?;
+        // Handed out only once durable: a job whose push then fails never runs.
+        self.durable().await?;
+        self.wakeups.wake_one(queue);
         Ok(id)
     }
 
@@ -214,8 +236,7 @@ impl Engine {
     /// Removes a reserved job; answers once that is durable.
     pub async fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), EngineError> {
         self.with_store(|store, _| store.ack(id, attempt))?;
-        self.committer.durable().await?;
-        Ok(())
+        self.durable().await
     }
 
     /// Records a failed attempt; answers once that is durable.
@@ -227,11 +248,16 @@ impl Engine {
     ) -> Result<FailOutcome, EngineError> {
         let outcome =
             self.with_store(|store, now| store.fail(id, attempt, error, now, &self.backoff))?;
+        self.durable().await?;
         if let FailOutcome::Retry { queue, .. } = &outcome {
             self.wakeups.wake(queue);
         }
-        self.committer.durable().await?;
         Ok(outcome)
+    }
+
+    /// Waits until every write made so far is on disk.
+    async fn durable(&self) -> Result<(), EngineError> {
+        Ok(self.committer.durable().await?)
     }
 
     /// The failed list of `queue` (or all), up to about `max_bytes`.

@@ -86,7 +86,7 @@ struct Opened {
 
 /// Phase 2: checks the queue settings against the limits and opens the tree.
 fn open(daemon: &Daemon) -> anyhow::Result<Opened> {
-    let limits = Limits::from_settings(&daemon.settings.queue).context("invalid settings")?;
+    let limits = Limits::from_settings(&daemon.settings.queue);
     let backoff = Backoff::from_settings(&daemon.settings.queue);
     let tree = daemon.tree_path();
     let db = daemon.open_tree()?;

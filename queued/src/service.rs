@@ -149,6 +149,8 @@ impl Queue for QueueService {
         &self,
         request: Request<ListFailedRequest>,
     ) -> Result<Response<ListFailedReply>, Status> {
+        // Failed jobs carry their payloads: as private as Reserve.
+        self.access.authorize(&request)?;
         let queue = validate::queue_filter(&request.get_ref().queue).map_err(invalid)?;
         let list = self
             .engine

@@ -72,39 +72,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits with the settings' defaults; settings beyond the limits are refused.
-    pub fn from_settings(queue: &QueueSettings) -> Result<Self, Invalid> {
-        if !(1..=MAX_TRIES).contains(&queue.default_max_tries) {
-            return Err(Invalid::new(
-                "queue.default_max_tries",
-                format!(
-                    "{} is out of range 1..={MAX_TRIES}",
-                    queue.default_max_tries
-                ),
-            ));
-        }
-        if !(1..=MAX_TIMEOUT_SECONDS).contains(&queue.default_timeout_seconds) {
-            return Err(Invalid::new(
-                "queue.default_timeout_seconds",
-                format!(
-                    "{} is out of range 1..={MAX_TIMEOUT_SECONDS}",
-                    queue.default_timeout_seconds
-                ),
-            ));
-        }
-        if queue.max_retry_backoff_seconds > MAX_DELAY_SECONDS {
-            return Err(Invalid::new(
-                "queue.max_retry_backoff_seconds",
-                format!(
-                    "{} is out of range 0..={MAX_DELAY_SECONDS}",
-                    queue.max_retry_backoff_seconds
-                ),
-            ));
-        }
-        Ok(Self {
+    /// The limits with the settings' defaults (already checked against the limits by
+    /// `Settings::validate`).
+    pub fn from_settings(queue: &QueueSettings) -> Self {
+        Self {
             default_max_tries: queue.default_max_tries,
             default_timeout_seconds: queue.default_timeout_seconds,
-        })
+        }
     }
 
     /// Checks a Push.
@@ -240,7 +214,7 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits::from_settings(&QueueSettings::default()).unwrap()
+        Limits::from_settings(&QueueSettings::default())
     }
 
     fn push(queue: &str) -> PushRequest {
@@ -319,15 +293,11 @@ mod tests {
     }
 
     #[test]
-    fn settings_beyond_the_limits_are_refused() {
-        let settings = QueueSettings {
-            default_max_tries: MAX_TRIES + 1,
-            ..QueueSettings::default()
-        };
-        assert_eq!(
-            Limits::from_settings(&settings).unwrap_err().field,
-            "queue.default_max_tries"
-        );
+    fn settings_beyond_the_limits_are_refused_by_the_settings_check() {
+        let mut settings = securely_core::settings::Settings::default();
+        settings.queue.default_max_tries = MAX_TRIES + 1;
+        let errors = settings.validate().unwrap_err();
+        assert_eq!(errors[0].key, "queue.default_max_tries");
     }
 
     #[test]

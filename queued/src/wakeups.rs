@@ -48,7 +48,15 @@ impl Wakeups {
         }
     }
 
-    /// Wakes every call waiting on `queue`.
+    /// Wakes one call waiting on `queue`: one job became available.
+    pub fn wake_one(&self, queue: &str) {
+        if let Some(waiting) = self.queues().get(queue) {
+            waiting.notify.notify_one();
+        }
+    }
+
+    /// Wakes every call waiting on `queue`: several jobs, or when the next one will be,
+    /// changed.
     pub fn wake(&self, queue: &str) {
         if let Some(waiting) = self.queues().get(queue) {
             waiting.notify.notify_waiters();

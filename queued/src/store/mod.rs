@@ -277,6 +277,12 @@ impl Tx<'_> {
     }
 }
 
+/// Bytes a listed failed job takes on the wire besides its payload, error and queue
+/// name (field tags, lengths, the numbers), rounded up.
+const FAILED_JOB_OVERHEAD: usize = 64;
+/// Most failed jobs listed in one reply.
+const MAX_LISTED_FAILED: usize = 10_000;
+
 /// Tree names.
 const JOBS: &str = "jobs";
 const PAYLOADS: &str = "payloads";
@@ -580,8 +586,11 @@ impl Store {
                 .get(keys::id_key(record.id))?
                 .map(|p| p.to_vec())
                 .unwrap_or_default();
-            let size = payload.len() + record.error.len() + record.queue.len();
-            if !list.jobs.is_empty() && bytes.saturating_add(size) > max_bytes {
+            let size =
+                payload.len() + record.error.len() + record.queue.len() + FAILED_JOB_OVERHEAD;
+            if !list.jobs.is_empty()
+                && (bytes.saturating_add(size) > max_bytes || list.jobs.len() >= MAX_LISTED_FAILED)
+            {
                 list.omitted = 1;
                 continue;
             }

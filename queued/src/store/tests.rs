@@ -282,7 +282,10 @@ fn the_failed_list_respects_its_size_limit() {
         let job = reserve(&store, "q", T);
         store.fail(job.id, None, "e", T, &backoff).unwrap();
     }
-    let list = store.list_failed(None, 250).unwrap();
+    // Each job counts its payload, error and queue name plus the wire overhead.
+    let list = store
+        .list_failed(None, 2 * (100 + 1 + 1 + FAILED_JOB_OVERHEAD) + 10)
+        .unwrap();
     assert_eq!((list.jobs.len(), list.omitted), (2, 1));
     // At least one job, whatever the limit.
     assert_eq!(store.list_failed(None, 0).unwrap().jobs.len(), 1);
