@@ -78,3 +78,70 @@ fn failing_the_last_try_lands_in_failed() {
     assert_eq!(reports["failed"], 1);
     assert_eq!(reports["ready"], 0);
 }
+
+#[test]
+fn an_acknowledged_job_stays_acknowledged_after_sigkill() {
+    let stack = Stack::start();
+    let id = stack
+        .ctl_ok(&["queue:push", "once", "x"])
+        .trim()
+        .to_string();
+    stack.ctl_ok(&["queue:reserve", "once"]);
+    stack.ctl_ok(&["queue:ack", &id]);
+    let old = stack.ready_pid("queued").unwrap();
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    stack.wait_replaced("queued", old, Duration::from_secs(5));
+    assert!(!stack.ctl(&["queue:reserve", "once"]).status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reservers_get_distinct_jobs() {
+    use securely_proto::queue::queue_client::QueueClient;
+    use securely_proto::queue::{AckRequest, PushRequest, ReserveRequest};
+
+    const JOBS: usize = 60;
+    const WORKERS: usize = 6;
+    let stack = Stack::start();
+    let mut producer = QueueClient::new(stack.channel("queued").await);
+    let mut pushed = std::collections::BTreeSet::new();
+    for i in 0..JOBS {
+        let request = PushRequest {
+            queue: "shared".into(),
+            payload: i.to_string().into_bytes(),
+            delay_seconds: 0,
+            max_tries: 0,
+        };
+        pushed.insert(producer.push(request).await.unwrap().into_inner().id);
+    }
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        let mut client = QueueClient::new(stack.channel("queued").await);
+        workers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let request = ReserveRequest {
+                    queue: "shared".into(),
+                    timeout_seconds: 60,
+                    wait_seconds: 0,
+                };
+                let Ok(job) = client.reserve(request).await else {
+                    return got;
+                };
+                let job = job.into_inner();
+                let ack = AckRequest {
+                    id: job.id,
+                    attempt: job.attempt,
+                };
+                client.ack(ack).await.unwrap();
+                got.push(job.id);
+            }
+        }));
+    }
+    let mut handed_out = Vec::new();
+    for worker in workers {
+        handed_out.extend(worker.await.unwrap());
+    }
+    let distinct: std::collections::BTreeSet<u64> = handed_out.iter().copied().collect();
+    assert_eq!(handed_out.len(), JOBS, "each job handed out exactly once");
+    assert_eq!(distinct, pushed);
+}
