@@ -135,3 +135,33 @@ fn a_port_in_use_fails_start_up_with_the_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn every_log_line_names_its_process() {
+    let stack = Stack::start();
+    stack.ctl_ok(&["restart", "dnsd"]);
+    let log = stack.log();
+    let mut seen = std::collections::BTreeSet::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let name = line
+            .split_once('[')
+            .map(|(name, _)| name)
+            .unwrap_or_else(|| panic!("no process prefix: {line}"));
+        assert!(
+            [
+                "securely",
+                "securely-proxyd",
+                "securely-dnsd",
+                "securely-queued"
+            ]
+            .contains(&name),
+            "unexpected prefix: {line}"
+        );
+        seen.insert(name.to_string());
+    }
+    // The supervisor and at least the restarted daemon spoke.
+    assert!(
+        seen.contains("securely") && seen.contains("securely-dnsd"),
+        "{seen:?}"
+    );
+}
