@@ -211,6 +211,16 @@ impl Stack {
         self.run_dir().join("securely.pid")
     }
 
+    /// Runs `securely ARGS -c <config>` to completion (`-t`, `-d`, or a start that fails).
+    pub fn securely(&self, args: &[&str]) -> Output {
+        Command::new(bin("securely"))
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .output()
+            .expect("run securely")
+    }
+
     /// Runs `securelyctl --socket <control> ARGS`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(bin("securelyctl"))

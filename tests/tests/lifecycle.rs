@@ -20,12 +20,7 @@ fn leftovers(stack: &Stack) -> Vec<String> {
 #[test]
 fn daemon_mode_returns_only_when_ready_and_sigterm_leaves_nothing_behind() {
     let stack = Stack::prepare(StackConfig::default());
-    let out = Command::new(bin("securely"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&stack.config)
-        .output()
-        .unwrap();
+    let out = stack.securely(&["-d"]);
     assert!(
         out.status.success(),
         "{}",
@@ -71,12 +66,7 @@ fn daemon_mode_reports_a_failed_start_up() {
     // Before the fork: a port taken.
     let stack = Stack::prepare(StackConfig::default());
     let taken = std::net::UdpSocket::bind(stack.dns).unwrap();
-    let out = Command::new(bin("securely"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&stack.config)
-        .output()
-        .unwrap();
+    let out = stack.securely(&["-d"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("dns.listen[0]"), "{err}");
@@ -91,12 +81,7 @@ fn daemon_mode_reports_a_failed_start_up() {
     // background supervisor through the start-up pipe.
     std::fs::create_dir_all(stack.dir.path().join("data")).unwrap();
     std::fs::write(stack.dir.path().join("data/queued"), b"not a tree").unwrap();
-    let out = Command::new(bin("securely"))
-        .arg("-d")
-        .arg("-c")
-        .arg(&stack.config)
-        .output()
-        .unwrap();
+    let out = stack.securely(&["-d"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -73,11 +73,7 @@ fn check(config_text: &str) -> (bool, String) {
 #[test]
 fn check_accepts_a_valid_config_and_warns_about_unknown_keys() {
     let stack = Stack::prepare(StackConfig::default());
-    let out = Command::new(bin("securely"))
-        .args(["-t", "-c"])
-        .arg(&stack.config)
-        .output()
-        .unwrap();
+    let out = stack.securely(&["-t"]);
     assert!(
         out.status.success(),
         "{}",
@@ -123,11 +119,7 @@ fn check_rejects_broken_configs_naming_the_key() {
 fn a_port_in_use_fails_start_up_with_the_reason() {
     let stack = Stack::prepare(StackConfig::default());
     let _taken = std::net::TcpListener::bind(stack.http).unwrap();
-    let out = Command::new(bin("securely"))
-        .arg("-c")
-        .arg(&stack.config)
-        .output()
-        .unwrap();
+    let out = stack.securely(&[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
