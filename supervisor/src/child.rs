@@ -97,9 +97,14 @@ pub fn spawn(
         .process_group(0)
         .kill_on_drop(false);
     // SAFETY: between fork and exec only async-signal-safe calls (dup2, close_range,
-    // close) run.
+    // close, sigprocmask) run.
     unsafe {
         command.pre_exec(move || {
+            // The supervisor holds its stop signals blocked on some threads; a daemon
+            // starts with none blocked.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             for (i, fd) in staged_raw.iter().enumerate() {
                 if libc::dup2(*fd, FIRST_FD + i as RawFd) < 0 {
                     return Err(std::io::Error::last_os_error());

@@ -47,6 +47,9 @@ const CONTROL_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     ensure_stdio();
+    // Held until the handlers run (in `serve`), so that a stop requested during start-up
+    // is carried out in order instead of killing the process half-way.
+    block_stop_signals();
     let args = Args::parse();
     match run(args) {
         Ok(code) => code,
@@ -133,6 +136,26 @@ fn supervise(
     runtime.block_on(serve(settings, sockets, report, pid_file))
 }
 
+/// The signals that stop or reload the stack.
+pub(crate) fn stop_signals() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+fn block_stop_signals() {
+    // Only fails for an invalid set or `how`, neither of which can happen here.
+    let _ = stop_signals().thread_block();
+}
+
 /// Opens /dev/null on any of fds 0-2 that is closed, so that no socket is ever bound
 /// onto a standard fd (and then redirected away by daemonizing).
 fn ensure_stdio() {
@@ -186,6 +209,11 @@ async fn serve(
         .watch_signals()
         .context("installing signal handlers")?;
     ignore_signals()?;
+    // The handlers are in place: let the signals held since start-up arrive (on this
+    // thread; the runtime's workers keep them blocked).
+    stop_signals()
+        .thread_unblock()
+        .context("unblocking signals")?;
     let notifier = Arc::new(Notifier::from_env());
 
     let StackSockets {

@@ -157,7 +157,7 @@ async fn sigint_does_not_wait_for_work_in_flight() {
 }
 
 #[test]
-fn daemons_inherit_no_fd_but_their_sockets() {
+fn daemons_inherit_no_fd_but_their_sockets_and_no_blocked_signal() {
     let stack = Stack::prepare(StackConfig::default());
     // An fd the supervisor itself inherits without close-on-exec.
     let marker = stack.dir.path().join("leak-marker");
@@ -179,6 +179,13 @@ fn daemons_inherit_no_fd_but_their_sockets() {
     let status = stack.wait_all_ready();
     for daemon in status["daemons"].as_array().unwrap() {
         let pid = daemon["pid"].as_u64().unwrap();
+        // Nor the supervisor's blocked signals: a daemon must hear SIGTERM.
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            proc_status.contains("SigBlk:\t0000000000000000"),
+            "{} starts with signals blocked:\n{proc_status}",
+            daemon["name"]
+        );
         for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
             let target = std::fs::read_link(entry.unwrap().path()).unwrap_or_default();
             assert_ne!(target, marker, "{} inherited the marker fd", daemon["name"]);
