@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Proxyd, free_port, get};
+use common::{Backend, Fetched, Proxyd, free_port, get};
 use hyper::StatusCode;
 use nix::sys::signal::Signal;
 use securely_proto::daemon::DrainRequest;
@@ -63,14 +63,7 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_by_work() {
     admin.list_sites(ListSitesRequest {}).await.unwrap();
 
     let http = proxyd.http;
-    let in_flight = tokio::spawn(async move { get(http, Some("slow.test"), "/slow").await });
-    while backend.received.load(Ordering::SeqCst) == 0 {
-        assert!(
-            !in_flight.is_finished(),
-            "the request ended before reaching the backend"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let in_flight = slow_request_in_flight(&proxyd, &backend).await;
     let signalled = Instant::now();
     proxyd.signal(Signal::SIGTERM);
 
@@ -110,11 +103,7 @@ async fn sigint_stops_at_once_even_with_a_request_in_flight() {
     let mut admin = proxyd.admin().await;
     admin.list_sites(ListSitesRequest {}).await.unwrap();
 
-    let http = proxyd.http;
-    let in_flight = tokio::spawn(async move { get(http, Some("slow.test"), "/slow").await });
-    while backend.received.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let in_flight = slow_request_in_flight(&proxyd, &backend).await;
     let signalled = Instant::now();
     proxyd.signal(Signal::SIGINT);
     let status = proxyd.wait_exit(PROMPT_EXIT).await;
@@ -222,11 +211,7 @@ async fn the_grace_period_bounds_the_drain() {
     let mut proxyd = Proxyd::start(dir.path(), free_port(), 0).await;
     proxyd.link("slow", &backend.target(), &[]).await;
 
-    let http = proxyd.http;
-    let in_flight = tokio::spawn(async move { get(http, Some("slow.test"), "/slow").await });
-    while backend.received.load(Ordering::SeqCst) == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let in_flight = slow_request_in_flight(&proxyd, &backend).await;
     let signalled = Instant::now();
     proxyd.signal(Signal::SIGTERM);
     let status = proxyd.wait_exit(PROMPT_EXIT).await;
@@ -245,4 +230,21 @@ async fn the_grace_period_bounds_the_drain() {
         "{}",
         proxyd.log()
     );
+}
+
+/// Sends a request to the slow site and returns once the backend holds it.
+async fn slow_request_in_flight(
+    proxyd: &Proxyd,
+    backend: &Backend,
+) -> tokio::task::JoinHandle<Result<Fetched, Box<dyn std::error::Error + Send + Sync>>> {
+    let http = proxyd.http;
+    let in_flight = tokio::spawn(async move { get(http, Some("slow.test"), "/slow").await });
+    while backend.received.load(Ordering::SeqCst) == 0 {
+        assert!(
+            !in_flight.is_finished(),
+            "the request ended before reaching the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    in_flight
 }
