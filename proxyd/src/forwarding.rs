@@ -62,13 +62,7 @@ fn appended(request: &RequestHeader, name: &HeaderName, item: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn request(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for (name, value) in headers {
-            req.append_header(name.to_string(), *value).unwrap();
-        }
-        req
-    }
+    use crate::test_support::request;
 
     fn value(req: &RequestHeader, name: &str) -> String {
         let values: Vec<_> = req.headers.get_all(name).iter().collect();

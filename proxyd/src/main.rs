@@ -26,6 +26,8 @@ mod routing;
 mod service;
 mod sites;
 mod store;
+#[cfg(test)]
+mod test_support;
 
 use std::process::ExitCode;
 

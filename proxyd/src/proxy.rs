@@ -313,13 +313,7 @@ async fn respond(session: &mut Session, page: &Page) -> pingora::Result<()> {
 mod tests {
     use super::*;
 
-    fn request(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        for (name, value) in headers {
-            req.append_header(name.to_string(), *value).unwrap();
-        }
-        req
-    }
+    use crate::test_support::request;
 
     #[test]
     fn only_a_client_going_away_is_kept_out_of_the_error_log() {
