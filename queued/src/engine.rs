@@ -20,7 +20,8 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::commit::{CommitError, CommitHandle};
 use crate::store::{
-    FailOutcome, FailedList, NewJob, QueueStats, Reservation, ReservedJob, Store, StoreError,
+    FailOutcome, FailedChange, FailedList, FailedSelection, NewJob, QueueStats, Reservation,
+    ReservedJob, Store, StoreError,
 };
 use crate::wakeups::Wakeups;
 
@@ -267,6 +268,30 @@ impl Engine {
         max_bytes: usize,
     ) -> Result<FailedList, EngineError> {
         self.with_store(|store, _| store.list_failed(queue, max_bytes))
+    }
+
+    /// Puts failed jobs back on their queues; answers once that is durable.
+    pub async fn retry_failed(
+        &self,
+        which: &FailedSelection<'_>,
+        max_tries: u32,
+    ) -> Result<FailedChange, EngineError> {
+        let change = self.with_store(|store, now| store.retry_failed(which, now, max_tries))?;
+        self.durable().await?;
+        for queue in &change.queues {
+            self.wakeups.wake(queue);
+        }
+        Ok(change)
+    }
+
+    /// Removes failed jobs for good; answers once that is durable.
+    pub async fn forget_failed(
+        &self,
+        which: &FailedSelection<'_>,
+    ) -> Result<FailedChange, EngineError> {
+        let change = self.with_store(|store, _| store.forget_failed(which))?;
+        self.durable().await?;
+        Ok(change)
     }
 
     /// Every queue's figures.

@@ -14,17 +14,17 @@ use std::sync::Arc;
 use securely_core::rpc::Access;
 use securely_proto::queue::queue_server::{Queue, QueueServer};
 use securely_proto::queue::{
-    AckReply, AckRequest, FailReply, FailRequest, FailedJob, Job, ListFailedReply,
-    ListFailedRequest, PushReply, PushRequest, QueueStats, ReserveRequest, StatsReply,
-    StatsRequest,
+    AckReply, AckRequest, FailReply, FailRequest, FailedChanged, FailedJob, Job, ListFailedReply,
+    ListFailedRequest, PushReply, PushRequest, QueueStats, ReserveRequest, SelectFailed,
+    StatsReply, StatsRequest,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::commit::CommitError;
 use crate::engine::{Engine, EngineError};
-use crate::store::{FailOutcome, StoreError};
-use crate::validate::{self, Invalid, Limits};
+use crate::store::{FailOutcome, FailedChange, FailedSelection, StoreError};
+use crate::validate::{self, Invalid, Limits, ValidSelection};
 
 /// Most payload and error bytes in one ListFailed answer, below the 4 MiB a default gRPC
 /// client accepts; the contract has no paging, so the rest is counted in the
@@ -78,6 +78,28 @@ fn status(e: EngineError) -> Status {
             tracing::error!("{e}");
             Status::internal(e.to_string())
         }
+    }
+}
+
+impl QueueService {
+    /// Checks a selection of failed jobs and runs `op` on it.
+    async fn change_failed<'a, F, Fut>(
+        &'a self,
+        request: Request<SelectFailed>,
+        op: F,
+    ) -> Result<Response<FailedChanged>, Status>
+    where
+        F: FnOnce(&'a Engine, ValidSelection) -> Fut,
+        Fut: std::future::Future<Output = Result<FailedChange, EngineError>>,
+    {
+        self.access.authorize(&request)?;
+        let SelectFailed { ids, all, queue } = request.into_inner();
+        let selection = validate::failed_selection(ids, all, &queue).map_err(invalid)?;
+        let change = op(&self.engine, selection).await.map_err(status)?;
+        Ok(Response::new(FailedChanged {
+            count: change.count,
+            missing: change.missing,
+        }))
     }
 }
 
@@ -175,6 +197,35 @@ impl Queue for QueueService {
                 .insert(OMITTED_HEADER, MetadataValue::from(list.omitted));
         }
         Ok(response)
+    }
+
+    async fn retry_failed(
+        &self,
+        request: Request<SelectFailed>,
+    ) -> Result<Response<FailedChanged>, Status> {
+        let max_tries = self.limits.default_max_tries();
+        self.change_failed(request, |engine, selection| async move {
+            let which = FailedSelection {
+                ids: &selection.ids,
+                queue: selection.queue.as_deref(),
+            };
+            engine.retry_failed(&which, max_tries).await
+        })
+        .await
+    }
+
+    async fn forget_failed(
+        &self,
+        request: Request<SelectFailed>,
+    ) -> Result<Response<FailedChanged>, Status> {
+        self.change_failed(request, |engine, selection| async move {
+            let which = FailedSelection {
+                ids: &selection.ids,
+                queue: selection.queue.as_deref(),
+            };
+            engine.forget_failed(&which).await
+        })
+        .await
     }
 
     async fn stats(&self, _request: Request<StatsRequest>) -> Result<Response<StatsReply>, Status> {

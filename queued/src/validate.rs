@@ -81,6 +81,11 @@ impl Limits {
         }
     }
 
+    /// Attempts a retried failed job gets.
+    pub fn default_max_tries(&self) -> u32 {
+        self.default_max_tries
+    }
+
     /// Checks a Push.
     pub fn push(&self, request: PushRequest) -> Result<ValidPush, Invalid> {
         queue_name("queue", &request.queue)?;
@@ -184,6 +189,38 @@ pub fn job_id(id: u64) -> Result<u64, Invalid> {
         0 => Err(Invalid::new("id", "0 is never a job id")),
         id => Ok(id),
     }
+}
+
+/// Most ids one RetryFailed or ForgetFailed names.
+pub const MAX_SELECTED_IDS: usize = 10_000;
+
+/// A checked selection of failed jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidSelection {
+    /// The jobs; empty: every failed job (of `queue`).
+    pub ids: Vec<u64>,
+    /// Only this queue's.
+    pub queue: Option<String>,
+}
+
+/// Checks a selection of failed jobs: ids, or all, not both, not neither.
+pub fn failed_selection(ids: Vec<u64>, all: bool, queue: &str) -> Result<ValidSelection, Invalid> {
+    match (ids.is_empty(), all) {
+        (true, false) => return Err(Invalid::new("ids", "name the jobs, or set all")),
+        (false, true) => return Err(Invalid::new("all", "either ids or all, not both")),
+        _ => {}
+    }
+    if ids.len() > MAX_SELECTED_IDS {
+        return Err(Invalid::new(
+            "ids",
+            format!("{} ids exceed the limit of {MAX_SELECTED_IDS}", ids.len()),
+        ));
+    }
+    for id in &ids {
+        job_id(*id)?;
+    }
+    let queue = queue_filter(queue)?.map(str::to_string);
+    Ok(ValidSelection { ids, queue })
 }
 
 /// The queue filter of ListFailed: empty means every queue.

@@ -10,7 +10,7 @@ use securely_proto::dns::dns_admin_client::DnsAdminClient;
 use securely_proto::proxy::LinkSiteRequest;
 use securely_proto::proxy::proxy_admin_client::ProxyAdminClient;
 use securely_proto::queue::queue_client::QueueClient;
-use securely_proto::queue::{PushRequest, ReserveRequest};
+use securely_proto::queue::{PushRequest, ReserveRequest, SelectFailed};
 use securely_proto::supervisor::RestartRequest;
 use securely_proto::supervisor::supervisor_client::SupervisorClient;
 use securely_tests::{Stack, dns, http};
@@ -178,6 +178,32 @@ async fn invalid_rpc_arguments_get_invalid_argument() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+
+    for selection in [
+        SelectFailed {
+            ids: vec![],
+            all: false,
+            queue: String::new(),
+        },
+        SelectFailed {
+            ids: vec![1],
+            all: true,
+            queue: String::new(),
+        },
+        SelectFailed {
+            ids: vec![0],
+            all: false,
+            queue: String::new(),
+        },
+        SelectFailed {
+            ids: vec![],
+            all: true,
+            queue: "bad queue".into(),
+        },
+    ] {
+        let err = queue.forget_failed(selection.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{selection:?}: {err:?}");
+    }
 
     let mut control = SupervisorClient::new(stack.channel("control").await);
     let err = control

@@ -145,3 +145,44 @@ async fn concurrent_reservers_get_distinct_jobs() {
     assert_eq!(handed_out.len(), JOBS, "each job handed out exactly once");
     assert_eq!(distinct, pushed);
 }
+
+#[test]
+fn failed_jobs_are_retried_forgotten_and_flushed() {
+    let stack = Stack::start();
+    let mut ids = Vec::new();
+    for payload in ["a", "b", "c"] {
+        let id = stack.ctl_ok(&["queue:push", "mail", payload, "--tries", "1"]);
+        let id = id.trim().to_string();
+        stack.ctl_ok(&["queue:reserve", "mail"]);
+        stack.ctl_ok(&["queue:fail", &id, "--error", "smtp down"]);
+        ids.push(id);
+    }
+    let failed = |stack: &Stack| -> usize {
+        let list: serde_json::Value =
+            serde_json::from_str(&stack.ctl_ok(&["queue:failed", "--json"])).unwrap();
+        list.as_array().unwrap().len()
+    };
+    assert_eq!(failed(&stack), 3);
+
+    // Retry one: back on its queue with its payload, from attempt zero.
+    let out = stack.ctl_ok(&["queue:retry", &ids[0]]);
+    assert!(out.contains("1 failed job(s) retried"), "{out}");
+    let again = stack.ctl_ok(&["queue:reserve", "mail"]);
+    assert_eq!(again.trim(), format!("{} a", ids[0]));
+    stack.ctl_ok(&["queue:ack", &ids[0], "--attempt", "1"]);
+    assert_eq!(failed(&stack), 2);
+
+    // Forget one; an id not in the list is named and fails the command.
+    stack.ctl_ok(&["queue:forget", &ids[1]]);
+    let missing = stack.ctl(&["queue:forget", &ids[1]]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains(&ids[1]));
+    assert_eq!(failed(&stack), 1);
+
+    // Flush the rest; the payloads are gone with them.
+    let out = stack.ctl_ok(&["queue:flush"]);
+    assert!(out.contains("1 failed job(s) forgotten"), "{out}");
+    assert_eq!(failed(&stack), 0);
+    let bad = stack.ctl(&["queue:retry", "soon"]);
+    assert!(!bad.status.success());
+}

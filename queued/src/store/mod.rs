@@ -68,6 +68,30 @@ fn check_attempt(id: u64, job: &JobRecord, attempt: Option<u32>) -> Result<(), S
     }
 }
 
+/// Which failed jobs an operation applies to: `ids` (all of them when empty), within
+/// `queue` when set.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedSelection<'a> {
+    /// The jobs; empty: every failed job.
+    pub ids: &'a [u64],
+    /// Only this queue's.
+    pub queue: Option<&'a str>,
+}
+
+/// A failed job picked for a retry or forget, with its `failed` key.
+type PickedFailed = (IVec, FailedRecord);
+
+/// What a retry or forget did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FailedChange {
+    /// Jobs retried or forgotten.
+    pub count: u64,
+    /// Requested ids not in the failed list.
+    pub missing: Vec<u64>,
+    /// The queues the jobs belonged to.
+    pub queues: std::collections::BTreeSet<String>,
+}
+
 /// A job to enqueue.
 #[derive(Debug, Clone, Copy)]
 pub struct NewJob<'a> {
@@ -598,6 +622,98 @@ impl Store {
             list.jobs.push(FailedJob { record, payload });
         }
         Ok(list)
+    }
+
+    /// The failed jobs `which` picks, with their `failed` keys; requested ids that are
+    /// not failed come back in the second list.
+    fn select_failed(
+        &self,
+        which: &FailedSelection<'_>,
+    ) -> Result<(Vec<PickedFailed>, Vec<u64>), StoreError> {
+        let entries = match which.queue {
+            Some(queue) => self.failed.scan_prefix(keys::queue_prefix(queue)),
+            None => self.failed.iter(),
+        };
+        let mut picked = Vec::new();
+        let mut missing: std::collections::BTreeSet<u64> = which.ids.iter().copied().collect();
+        for entry in entries {
+            let (key, value) = entry?;
+            let record: FailedRecord = records::decode("failed job", &value)?;
+            if which.ids.is_empty() || missing.remove(&record.id) {
+                picked.push((key, record));
+            }
+            if !which.ids.is_empty() && missing.is_empty() {
+                break;
+            }
+        }
+        Ok((picked, missing.into_iter().collect()))
+    }
+
+    /// Puts the failed jobs `which` picks back on their queues, available at `now_ms`,
+    /// as new jobs with `max_tries` attempts (ids and payloads kept). Each job moves in
+    /// its own transaction.
+    pub fn retry_failed(
+        &self,
+        which: &FailedSelection<'_>,
+        now_ms: u64,
+        max_tries: u32,
+    ) -> Result<FailedChange, StoreError> {
+        let (picked, missing) = self.select_failed(which)?;
+        let mut change = FailedChange {
+            missing,
+            ..FailedChange::default()
+        };
+        for (key, record) in picked {
+            let moved = self.transact(|tx| {
+                if tx.failed.remove(key.clone())?.is_none() {
+                    return Ok(false);
+                }
+                let mut job = JobRecord {
+                    queue: record.queue.clone(),
+                    max_tries,
+                    attempts: 0,
+                    created_at_ms: now_ms,
+                    state: JobState::Waiting {
+                        available_at_ms: now_ms,
+                    },
+                };
+                tx.wait(record.id, &mut job, now_ms)?;
+                tx.count(&record.queue, |c| {
+                    c.failed = c.failed.saturating_sub(1);
+                    c.waiting += 1;
+                })?;
+                Ok(true)
+            })?;
+            if moved {
+                change.count += 1;
+                change.queues.insert(record.queue);
+            }
+        }
+        Ok(change)
+    }
+
+    /// Removes the failed jobs `which` picks, payloads included.
+    pub fn forget_failed(&self, which: &FailedSelection<'_>) -> Result<FailedChange, StoreError> {
+        let (picked, missing) = self.select_failed(which)?;
+        let mut change = FailedChange {
+            missing,
+            ..FailedChange::default()
+        };
+        for (key, record) in picked {
+            let removed = self.transact(|tx| {
+                if tx.failed.remove(key.clone())?.is_none() {
+                    return Ok(false);
+                }
+                tx.payloads.remove(keys::id_key(record.id))?;
+                tx.count(&record.queue, |c| c.failed = c.failed.saturating_sub(1))?;
+                Ok(true)
+            })?;
+            if removed {
+                change.count += 1;
+                change.queues.insert(record.queue);
+            }
+        }
+        Ok(change)
     }
 
     /// Every queue's figures at `now_ms`, by queue name.

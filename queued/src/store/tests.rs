@@ -313,3 +313,55 @@ fn everything_survives_a_reopen_and_ids_are_not_reused() {
     let third = push(&store, "q", b"three", T, 2);
     assert!(third > first + 1);
 }
+
+#[test]
+fn failed_jobs_can_be_retried_or_forgotten() {
+    let (store, _dir) = open();
+    let backoff = Backoff::new(0, 0);
+    let mut failed = Vec::new();
+    for (queue, payload) in [("a", &b"one"[..]), ("a", b"two"), ("b", b"three")] {
+        push(&store, queue, payload, T, 1);
+        let job = reserve(&store, queue, T);
+        store.fail(job.id, None, "boom", T, &backoff).unwrap();
+        failed.push(job.id);
+    }
+    assert_eq!(stats(&store, "a", T).failed, 2);
+
+    // Retry one by id: back on its queue from attempt zero, same id and payload.
+    let retried = store
+        .retry_failed(
+            &FailedSelection {
+                ids: &[failed[0], 999],
+                queue: None,
+            },
+            T,
+            3,
+        )
+        .unwrap();
+    assert_eq!((retried.count, retried.missing.clone()), (1, vec![999]));
+    let again = reserve(&store, "a", T);
+    assert_eq!((again.id, again.attempt), (failed[0], 1));
+    assert_eq!(&again.payload[..], b"one");
+    let a = stats(&store, "a", T);
+    assert_eq!((a.failed, a.reserved), (1, 1));
+
+    // Forget every failed job of queue b only, then everything left.
+    let forgotten = store
+        .forget_failed(&FailedSelection {
+            ids: &[],
+            queue: Some("b"),
+        })
+        .unwrap();
+    assert_eq!(forgotten.count, 1);
+    assert_eq!(stats(&store, "b", T).failed, 0);
+    assert_eq!(store.list_failed(None, usize::MAX).unwrap().jobs.len(), 1);
+    let rest = store
+        .forget_failed(&FailedSelection {
+            ids: &[],
+            queue: None,
+        })
+        .unwrap();
+    assert_eq!(rest.count, 1);
+    assert!(store.list_failed(None, usize::MAX).unwrap().jobs.is_empty());
+    assert_eq!(stats(&store, "a", T).failed, 0);
+}

@@ -159,6 +159,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Put failed jobs back on their queues (IDs, or `all`), from attempt zero.
+    #[command(name = "queue:retry")]
+    QueueRetry {
+        /// Job ids, or the word `all`.
+        #[arg(required = true, value_name = "ID|all")]
+        jobs: Vec<String>,
+        /// With `all`: only this queue's failed jobs.
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+    },
+    /// Delete failed jobs for good.
+    #[command(name = "queue:forget")]
+    QueueForget {
+        /// Job ids.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<u64>,
+    },
+    /// Delete every failed job (of one queue with --queue).
+    #[command(name = "queue:flush")]
+    QueueFlush {
+        /// Only this queue's failed jobs.
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+    },
     /// Per-queue counts.
     #[command(name = "queue:stats")]
     QueueStats {
@@ -226,6 +250,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             queue::fail(&target, id, error, attempt.unwrap_or(0)).await
         }
         Command::QueueFailed { json } => queue::failed(&target, json).await,
+        Command::QueueRetry { jobs, queue } => queue::retry(&target, jobs, queue).await,
+        Command::QueueForget { ids } => queue::forget(&target, ids, false, None).await,
+        Command::QueueFlush { queue } => queue::forget(&target, Vec::new(), true, queue).await,
         Command::QueueStats { json } => queue::stats(&target, json).await,
     }
 }

@@ -2,7 +2,8 @@
 
 use securely_proto::queue::queue_client::QueueClient;
 use securely_proto::queue::{
-    AckRequest, FailRequest, ListFailedRequest, PushRequest, ReserveRequest, StatsRequest,
+    AckRequest, FailRequest, FailedChanged, ListFailedRequest, PushRequest, ReserveRequest,
+    SelectFailed, StatsRequest,
 };
 use std::time::Duration;
 
@@ -130,6 +131,71 @@ pub async fn failed(target: &Target, as_json: bool) -> anyhow::Result<()> {
         })
         .collect();
     output::table(&["ID", "QUEUE", "ATTEMPTS", "ERROR", "PAYLOAD"], &rows);
+    Ok(())
+}
+
+/// `queue:retry ID... | all`.
+pub async fn retry(
+    target: &Target,
+    jobs: Vec<String>,
+    queue: Option<String>,
+) -> anyhow::Result<()> {
+    let all = jobs.len() == 1 && jobs[0] == "all";
+    let ids = if all {
+        Vec::new()
+    } else {
+        if queue.is_some() {
+            anyhow::bail!("--queue goes with `all`, not with job ids");
+        }
+        jobs.iter()
+            .map(|id| {
+                id.parse::<u64>()
+                    .map_err(|_| anyhow::anyhow!("{id:?} is neither a job id nor `all`"))
+            })
+            .collect::<anyhow::Result<Vec<u64>>>()?
+    };
+    let selection = SelectFailed {
+        ids,
+        all,
+        queue: queue.unwrap_or_default(),
+    };
+    let changed = client(target)
+        .await?
+        .retry_failed(selection)
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner();
+    report_failed_change("retried", &changed)
+}
+
+/// `queue:forget ID...` and `queue:flush`.
+pub async fn forget(
+    target: &Target,
+    ids: Vec<u64>,
+    all: bool,
+    queue: Option<String>,
+) -> anyhow::Result<()> {
+    let selection = SelectFailed {
+        ids,
+        all,
+        queue: queue.unwrap_or_default(),
+    };
+    let changed = client(target)
+        .await?
+        .forget_failed(selection)
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner();
+    report_failed_change("forgotten", &changed)
+}
+
+/// Prints how many jobs changed; ids that were not failed make the command fail.
+fn report_failed_change(verb: &str, changed: &FailedChanged) -> anyhow::Result<()> {
+    println!("{} failed job(s) {verb}", changed.count);
+    if !changed.missing.is_empty() {
+        let missing: Vec<String> = changed.missing.iter().map(u64::to_string).collect();
+        anyhow::bail!("not in the failed list: {}", missing.join(", "));
+    }
     Ok(())
 }
 
