@@ -114,7 +114,7 @@ impl Notifier {
         let Ok(mut reader) = stream.lock().unwrap_or_else(|e| e.into_inner()).try_clone() else {
             return;
         };
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("supervisor-watch".into())
             .spawn(move || {
                 let mut buf = [0u8; 64];
@@ -127,7 +127,10 @@ impl Notifier {
                     }
                 }
                 on_gone();
-            })
-            .expect("spawning a thread at start-up");
+            });
+        if let Err(e) = spawned {
+            // Serving goes on; only the drain on the supervisor's disappearance is lost.
+            tracing::warn!("cannot watch the supervisor: {e}");
+        }
     }
 }

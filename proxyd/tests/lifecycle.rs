@@ -104,19 +104,7 @@ async fn sigint_stops_at_once_even_with_a_request_in_flight() {
     admin.list_sites(ListSitesRequest {}).await.unwrap();
 
     let in_flight = slow_request_in_flight(&proxyd, &backend).await;
-    let signalled = Instant::now();
-    proxyd.signal(Signal::SIGINT);
-    let status = proxyd.wait_exit(PROMPT_EXIT).await;
-    assert!(status.success(), "{status}");
-    assert!(
-        signalled.elapsed() < Backend::SLOW,
-        "a fast stop waited for the request ({:?})",
-        signalled.elapsed()
-    );
-    assert!(
-        in_flight.await.unwrap().is_err(),
-        "the cut-off request should fail"
-    );
+    stop_cuts_the_request_short(&mut proxyd, Signal::SIGINT, in_flight).await;
     assert!(
         !proxyd.log().contains("still shared"),
         "the store was not closed: {}",
@@ -212,19 +200,7 @@ async fn the_grace_period_bounds_the_drain() {
     proxyd.link("slow", &backend.target(), &[]).await;
 
     let in_flight = slow_request_in_flight(&proxyd, &backend).await;
-    let signalled = Instant::now();
-    proxyd.signal(Signal::SIGTERM);
-    let status = proxyd.wait_exit(PROMPT_EXIT).await;
-    assert!(status.success(), "{status}");
-    assert!(
-        signalled.elapsed() < Backend::SLOW,
-        "took {:?}",
-        signalled.elapsed()
-    );
-    assert!(
-        in_flight.await.unwrap().is_err(),
-        "the cut-off request should fail"
-    );
+    stop_cuts_the_request_short(&mut proxyd, Signal::SIGTERM, in_flight).await;
     assert!(
         proxyd.log().contains("grace period of 0s over"),
         "{}",
@@ -247,4 +223,26 @@ async fn slow_request_in_flight(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     in_flight
+}
+
+/// Sends `signal` and checks that proxyd exits 0 before the slow request could finish,
+/// which fails.
+async fn stop_cuts_the_request_short(
+    proxyd: &mut Proxyd,
+    signal: Signal,
+    in_flight: tokio::task::JoinHandle<Result<Fetched, Box<dyn std::error::Error + Send + Sync>>>,
+) {
+    let signalled = Instant::now();
+    proxyd.signal(signal);
+    let status = proxyd.wait_exit(PROMPT_EXIT).await;
+    assert!(status.success(), "{status}");
+    assert!(
+        signalled.elapsed() < Backend::SLOW,
+        "{signal} waited for the request ({:?})",
+        signalled.elapsed()
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the cut-off request should fail"
+    );
 }

@@ -141,12 +141,12 @@ pub async fn retry(
     queue: Option<String>,
 ) -> anyhow::Result<()> {
     let all = jobs.len() == 1 && jobs[0] == "all";
+    if !all && queue.is_some() {
+        anyhow::bail!("--queue goes with `all`, not with job ids");
+    }
     let ids = if all {
         Vec::new()
     } else {
-        if queue.is_some() {
-            anyhow::bail!("--queue goes with `all`, not with job ids");
-        }
         jobs.iter()
             .map(|id| {
                 id.parse::<u64>()
@@ -154,18 +154,7 @@ pub async fn retry(
             })
             .collect::<anyhow::Result<Vec<u64>>>()?
     };
-    let selection = SelectFailed {
-        ids,
-        all,
-        queue: queue.unwrap_or_default(),
-    };
-    let changed = client(target)
-        .await?
-        .retry_failed(selection)
-        .await
-        .map_err(|s| errors::rpc("queued", s))?
-        .into_inner();
-    report_failed_change("retried", &changed)
+    change_failed(target, FailedOp::Retry, ids, all, queue).await
 }
 
 /// `queue:forget ID...` and `queue:flush`.
@@ -175,18 +164,35 @@ pub async fn forget(
     all: bool,
     queue: Option<String>,
 ) -> anyhow::Result<()> {
+    change_failed(target, FailedOp::Forget, ids, all, queue).await
+}
+
+/// What to do with selected failed jobs.
+#[derive(Debug, Clone, Copy)]
+enum FailedOp {
+    Retry,
+    Forget,
+}
+
+async fn change_failed(
+    target: &Target,
+    op: FailedOp,
+    ids: Vec<u64>,
+    all: bool,
+    queue: Option<String>,
+) -> anyhow::Result<()> {
     let selection = SelectFailed {
         ids,
         all,
         queue: queue.unwrap_or_default(),
     };
-    let changed = client(target)
-        .await?
-        .forget_failed(selection)
-        .await
-        .map_err(|s| errors::rpc("queued", s))?
-        .into_inner();
-    report_failed_change("forgotten", &changed)
+    let mut client = client(target).await?;
+    let (reply, verb) = match op {
+        FailedOp::Retry => (client.retry_failed(selection).await, "retried"),
+        FailedOp::Forget => (client.forget_failed(selection).await, "forgotten"),
+    };
+    let changed = reply.map_err(|s| errors::rpc("queued", s))?.into_inner();
+    report_failed_change(verb, &changed)
 }
 
 /// Prints how many jobs changed; ids that were not failed make the command fail.
