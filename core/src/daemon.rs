@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::bind;
 use crate::control::{ControlService, DaemonInfo};
 use crate::listen_fds::{InheritedFds, ListenFdsError, names};
-use crate::readiness::{Notice, Notifier};
+use crate::readiness::{Command, Notice, Notifier};
 use crate::rpc::Access;
 use crate::settings::{LoadError, SETTINGS_ENV, Settings, SettingsError};
 use crate::shutdown::{Shutdown, ShutdownKind};
@@ -70,6 +70,8 @@ pub struct Daemon {
     pub shutdown: Shutdown,
     /// Who may make mutating calls.
     pub access: Access,
+    /// The supervisor's hand-over commands (see [`crate::readiness`]).
+    commands: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Command>>,
 }
 
 impl Daemon {
@@ -104,7 +106,7 @@ impl Daemon {
         let notifier = Arc::new(Notifier::from_env());
         let shutdown = Shutdown::new();
         let on_gone = shutdown.clone();
-        notifier.on_supervisor_gone(move || {
+        let commands = notifier.listen(move || {
             tracing::warn!("supervisor went away; draining");
             on_gone.request(ShutdownKind::Graceful);
         });
@@ -116,6 +118,7 @@ impl Daemon {
             notifier,
             shutdown,
             access,
+            commands: tokio::sync::Mutex::new(commands),
         })
     }
 
@@ -162,6 +165,63 @@ impl Daemon {
             tree: self.tree_path().display().to_string(),
         };
         ControlService::new(info, self.shutdown.clone(), self.access.clone())
+    }
+
+    /// Waits for this instance's turn to open its sled tree: under the supervisor it
+    /// reports `PREPARED=1` and waits for `ACQUIRE` (the previous instance has let go of
+    /// the tree by then); standalone it returns at once. `false` when a shutdown was
+    /// requested (or the supervisor went away) meanwhile: do not start serving.
+    pub async fn await_turn(&self) -> bool {
+        if !self.notifier.supervised() {
+            return true;
+        }
+        self.notifier.notify(Notice::Prepared);
+        let mut commands = self.commands.lock().await;
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Acquire) => return true,
+                    Some(other) => tracing::warn!(?other, "ignored before ACQUIRE"),
+                    None => return false,
+                },
+                _ = self.shutdown.wait() => return false,
+            }
+        }
+    }
+
+    /// [`Daemon::await_turn`] for a thread outside any runtime (before signals are
+    /// watched: SIGTERM meanwhile ends the process, which holds nothing yet).
+    pub fn await_turn_blocking(&self) -> bool {
+        if !self.notifier.supervised() {
+            return true;
+        }
+        self.notifier.notify(Notice::Prepared);
+        let mut commands = self.commands.blocking_lock();
+        loop {
+            match commands.blocking_recv() {
+                Some(Command::Acquire) => return true,
+                Some(other) => tracing::warn!(?other, "ignored before ACQUIRE"),
+                None => return false,
+            }
+        }
+    }
+
+    /// The supervisor's next `RELEASE` or `RESUME`; pends forever when there is no
+    /// supervisor (or it is gone: its disappearance is a shutdown request instead).
+    pub async fn next_command(&self) -> Command {
+        let mut commands = self.commands.lock().await;
+        loop {
+            match commands.recv().await {
+                Some(Command::Acquire) => tracing::warn!("ACQUIRE ignored: already serving"),
+                Some(command) => return command,
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Tells the supervisor that the sled tree is closed (after `RELEASE`).
+    pub fn released(&self) {
+        self.notifier.notify(Notice::Released);
     }
 
     /// Tells the supervisor (or systemd) that the daemon serves.

@@ -1,12 +1,26 @@
-//! Readiness, reported by a daemon to whoever started it.
+//! Readiness and hand-over, between a daemon and whoever started it.
 //!
 //! Under the supervisor, the daemon inherits one end of a stream socket pair whose fd is
 //! in `SECURELY_NOTIFY_FD`, and writes sd_notify-style lines on it (`READY=1`,
-//! `STOPPING=1`, `STATUS=...`). The same fd tells the daemon when the supervisor is gone:
-//! reading it returns end-of-file. Standalone under systemd, the daemon speaks sd_notify
-//! on `NOTIFY_SOCKET` instead.
+//! `STOPPING=1`, `STATUS=...`, plus the hand-over's `PREPARED=1` and `RELEASED=1`). The
+//! supervisor writes [`Command`]s the other way (`ACQUIRE`, `RELEASE`, `RESUME`), and the
+//! same fd tells the daemon when the supervisor is gone: reading it returns end-of-file.
+//! Standalone under systemd, the daemon speaks sd_notify on `NOTIFY_SOCKET` instead.
+//!
+//! The hand-over, from one instance of a daemon (old) to the next (new):
+//! 1. new prepares everything that does not need its sled tree, sends `PREPARED=1` and
+//!    waits for `ACQUIRE`;
+//! 2. the supervisor sends `RELEASE` to old, which stops its gRPC server (calls in flight
+//!    finish), closes its tree and answers `RELEASED=1`; what it serves from memory
+//!    (HTTP, DNS) goes on;
+//! 3. the supervisor sends `ACQUIRE` to new, which opens the tree and sends `READY=1`;
+//! 4. the supervisor stops old (SIGTERM: it drains and exits). Had new failed after step
+//!    2, the supervisor sends old `RESUME` instead: it reopens its tree, serves gRPC again
+//!    and answers `READY=1`.
+//!
+//! After a crash there is no old instance: `ACQUIRE` follows `PREPARED=1` at once.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
@@ -23,6 +37,12 @@ pub enum Notice {
     Stopping,
     /// A one-line human-readable status.
     Status(String),
+    /// Reloading (the supervisor's upgrade); `READY=1` follows when done.
+    Reloading,
+    /// Prepared for a hand-over: waiting for [`Command::Acquire`].
+    Prepared,
+    /// The sled tree is closed after [`Command::Release`].
+    Released,
 }
 
 impl Notice {
@@ -32,6 +52,9 @@ impl Notice {
             Notice::Ready => "READY=1".into(),
             Notice::Stopping => "STOPPING=1".into(),
             Notice::Status(s) => format!("STATUS={}", s.replace('\n', " ")),
+            Notice::Reloading => "RELOADING=1".into(),
+            Notice::Prepared => "PREPARED=1".into(),
+            Notice::Released => "RELEASED=1".into(),
         }
     }
 
@@ -40,9 +63,45 @@ impl Notice {
         match line.trim_end() {
             "READY=1" => Some(Notice::Ready),
             "STOPPING=1" => Some(Notice::Stopping),
+            "RELOADING=1" => Some(Notice::Reloading),
+            "PREPARED=1" => Some(Notice::Prepared),
+            "RELEASED=1" => Some(Notice::Released),
             other => other
                 .strip_prefix("STATUS=")
                 .map(|s| Notice::Status(s.to_string())),
+        }
+    }
+}
+
+/// What the supervisor asks of a daemon instance during a hand-over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Open the sled tree and serve (the previous instance has let go of it).
+    Acquire,
+    /// Stop gRPC, close the sled tree, answer [`Notice::Released`]; keep serving what
+    /// needs no tree.
+    Release,
+    /// The hand-over failed: reopen the tree, serve gRPC again, answer [`Notice::Ready`].
+    Resume,
+}
+
+impl Command {
+    /// The line sent for this command.
+    pub fn to_line(self) -> &'static str {
+        match self {
+            Command::Acquire => "ACQUIRE",
+            Command::Release => "RELEASE",
+            Command::Resume => "RESUME",
+        }
+    }
+
+    /// Parses one line; unknown lines give `None`.
+    pub fn parse(line: &str) -> Option<Self> {
+        match line.trim_end() {
+            "ACQUIRE" => Some(Command::Acquire),
+            "RELEASE" => Some(Command::Release),
+            "RESUME" => Some(Command::Resume),
+            _ => None,
         }
     }
 }
@@ -86,7 +145,7 @@ impl Notifier {
     }
 
     /// Sends one notice; a supervisor that is gone is not an error here (see
-    /// [`Notifier::supervisor_gone`]).
+    /// [`Notifier::listen`]).
     pub fn notify(&self, notice: Notice) {
         match self {
             Notifier::Supervisor(stream) => {
@@ -98,6 +157,16 @@ impl Notifier {
                     Notice::Ready => sd_notify::NotifyState::Ready,
                     Notice::Stopping => sd_notify::NotifyState::Stopping,
                     Notice::Status(ref s) => sd_notify::NotifyState::Status(s),
+                    Notice::Reloading => {
+                        let _ = sd_notify::notify(&[
+                            sd_notify::NotifyState::Reloading,
+                            sd_notify::NotifyState::monotonic_usec_now()
+                                .unwrap_or(sd_notify::NotifyState::Reloading),
+                        ]);
+                        return;
+                    }
+                    // Hand-over lines mean nothing to systemd.
+                    Notice::Prepared | Notice::Released => return,
                 };
                 let _ = sd_notify::notify(&[state]);
             }
@@ -105,32 +174,58 @@ impl Notifier {
         }
     }
 
-    /// Starts a thread that calls `on_gone` once the supervisor has gone away (its end
-    /// of the socket pair closed). Does nothing when not started by the supervisor.
-    pub fn on_supervisor_gone(&self, on_gone: impl FnOnce() + Send + 'static) {
+    /// Whether a supervisor started this process (and so drives hand-overs).
+    pub fn supervised(&self) -> bool {
+        matches!(self, Notifier::Supervisor(_))
+    }
+
+    /// Starts a thread that reads the supervisor's commands into the returned receiver
+    /// and calls `on_gone` once the supervisor has gone away (its end of the socket pair
+    /// closed; the receiver then ends too). Not supervised, the receiver never yields.
+    pub fn listen(
+        &self,
+        on_gone: impl FnOnce() + Send + 'static,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<Command> {
+        let (commands, receiver) = tokio::sync::mpsc::unbounded_channel();
         let Notifier::Supervisor(stream) = self else {
-            return;
+            // Keep the sender alive so the receiver pends instead of ending.
+            std::mem::forget(commands);
+            return receiver;
         };
-        let Ok(mut reader) = stream.lock().unwrap_or_else(|e| e.into_inner()).try_clone() else {
-            return;
+        let Ok(reader) = stream.lock().unwrap_or_else(|e| e.into_inner()).try_clone() else {
+            std::mem::forget(commands);
+            return receiver;
         };
         let spawned = std::thread::Builder::new()
             .name("supervisor-watch".into())
             .spawn(move || {
-                let mut buf = [0u8; 64];
+                use std::io::BufRead;
+                let mut lines = std::io::BufReader::new(reader);
+                let mut line = String::new();
                 loop {
-                    match reader.read(&mut buf) {
+                    line.clear();
+                    match lines.read_line(&mut line) {
                         Ok(0) => break,
-                        Ok(_) => continue,
+                        Ok(_) => match Command::parse(&line) {
+                            Some(command) => {
+                                let _ = commands.send(command);
+                            }
+                            None => {
+                                tracing::warn!(line = line.trim_end(), "unknown supervisor command")
+                            }
+                        },
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(_) => break,
                     }
                 }
+                drop(commands);
                 on_gone();
             });
         if let Err(e) = spawned {
-            // Serving goes on; only the drain on the supervisor's disappearance is lost.
+            // Serving goes on; hand-overs and the drain on the supervisor's
+            // disappearance are lost.
             tracing::warn!("cannot watch the supervisor: {e}");
         }
+        receiver
     }
 }

@@ -291,6 +291,13 @@ impl Settings {
             .unwrap_or_else(paths::default_data_dir)
     }
 
+    /// Where a supervisor started with `-u` waits for the running one's sockets.
+    pub fn upgrade_socket(&self) -> PathBuf {
+        self.upgrade_sock
+            .clone()
+            .unwrap_or_else(|| self.runtime_dir().join("upgrade.sock"))
+    }
+
     /// The supervisor's control socket.
     pub fn control_socket(&self) -> PathBuf {
         self.runtime_dir().join(paths::CONTROL_SOCKET)

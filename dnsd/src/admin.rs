@@ -1,4 +1,5 @@
-//! The `DnsAdmin` gRPC service: explicit records, changed live.
+//! The `DnsAdmin` gRPC service: explicit records, changed live. A change that reaches
+//! the store while its tree is handed over fails with `UNAVAILABLE`.
 
 use std::sync::Arc;
 
@@ -77,6 +78,9 @@ fn store_status(error: StoreError) -> Status {
     match error {
         StoreError::Conflict(message) => Status::failed_precondition(message),
         StoreError::Invalid(error) => invalid(error),
+        // Only between a hand-over's release and the process's exit or resume, when no
+        // gRPC server should be running.
+        StoreError::Detached => Status::unavailable(StoreError::Detached.to_string()),
         other => {
             tracing::error!(error = %other, "record store failed");
             Status::internal(other.to_string())

@@ -1,33 +1,38 @@
-//! The handler hickory's `Server` calls for every message it could parse: the protocol
-//! checks hickory leaves to handlers, dispatch of the question, and framing of the reply
-//! (EDNS, UDP size, flags).
+//! dnsd's answering: the protocol checks, dispatch of the question, and framing of the
+//! reply (EDNS, UDP size, flags) into the bytes to send. The serving loops
+//! ([`crate::serve_udp`], [`crate::serve_tcp`]) hand every message they receive to
+//! [`DnsHandler::handle`].
 //!
-//! hickory itself drops messages shorter than a header and responses (QR=1), and answers
-//! FORMERR to messages whose sections do not parse (duplicate OPT included). Everything
-//! else reaches [`DnsHandler`], which answers BADVERS for EDNS versions above 0, NOTIMP
-//! for opcodes other than QUERY, FORMERR unless there is exactly one question, REFUSED
-//! for classes other than IN and for zone transfers, and then asks the local zone, the
-//! localhost names, or the upstreams.
+//! Messages shorter than a header and responses (QR=1) get nothing; messages whose
+//! sections do not parse (duplicate OPT included) get FORMERR (see [`crate::incoming`]).
+//! Every other message gets BADVERS for EDNS versions above 0, NOTIMP for opcodes other
+//! than QUERY, FORMERR unless there is exactly one question, REFUSED for classes other
+//! than IN and for zone transfers, and then an answer from the local zone, the localhost
+//! names, or the upstreams.
 //!
-//! Local answers are computed at once and are not limited. Forwarded questions wait on
-//! the upstreams (up to [`crate::forward::FORWARD_DEADLINE`]), so at most
-//! [`FORWARD_SLOTS`] are forwarded at a time; beyond that a question gets SERVFAIL at
-//! once, as from a resolver that cannot answer right now, instead of more upstream work.
+//! Everything but forwarding is answered at once, without waiting, so that the loops
+//! answer it inline. A question for the upstreams comes back as [`Handled::Forward`]:
+//! [`DnsHandler::forwarded`] waits on the upstreams (up to
+//! [`crate::forward::FORWARD_DEADLINE`]) and [`DnsHandler::encode`] frames the reply. At
+//! most [`FORWARD_SLOTS`] questions are forwarded at a time; beyond that a question gets
+//! SERVFAIL at once, as from a resolver that cannot answer right now, instead of more
+//! upstream work.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use hickory_proto::op::{Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode};
+use hickory_proto::op::{
+    Edns, Header, HeaderCounts, LowerQuery, Metadata, MessageType, OpCode, ResponseCode,
+};
 use hickory_proto::rr::{DNSClass, RecordType};
-use hickory_proto::serialize::binary::BinEncoder;
-use hickory_server::net::runtime::Time;
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::net::xfer::Protocol;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::server::Request;
 use hickory_server::zone_handler::MessageResponseBuilder;
-use securely_core::drain::InFlight;
 use tokio::sync::Semaphore;
 
 use crate::forward::Forwarder;
+use crate::incoming::{self, Incoming};
 use crate::local_zone::LocalZone;
 use crate::localhost;
 use crate::reply::Reply;
@@ -45,12 +50,31 @@ const PLAIN_UDP_PAYLOAD: u16 = 512;
 /// TLD is bounded here; 1024 is far above what a development machine asks for.
 pub const FORWARD_SLOTS: usize = 1024;
 
+/// What a message received calls for, once [`DnsHandler::handle`] has seen it.
+#[derive(Debug)]
+pub enum Handled {
+    /// Nothing is sent back (shorter than a header, or a response).
+    Dropped,
+    /// The reply is encoded in the output buffer, ready to send.
+    Reply,
+    /// The question goes to the upstreams: [`DnsHandler::forwarded`], then
+    /// [`DnsHandler::encode`].
+    Forward(Request),
+}
+
+/// What to answer to a request, as far as it is known without waiting.
+enum Answer {
+    /// The reply, known at once.
+    Now(Reply),
+    /// The single question goes to the upstreams.
+    Forward,
+}
+
 /// Answers DNS questions: the local TLD, localhost, and forwarding.
 pub struct DnsHandler {
     zone: LocalZone,
     forwarder: Forwarder,
     localhost_ttl: u32,
-    in_flight: Arc<InFlight>,
     forward_slots: Semaphore,
     forward_limit: usize,
     /// Whether running out of forwarding slots was logged (once until one frees).
@@ -58,57 +82,105 @@ pub struct DnsHandler {
 }
 
 impl DnsHandler {
-    /// A handler over `zone` and `forwarder` that counts its work in `in_flight` and
-    /// forwards at most `forward_slots` questions at a time.
+    /// A handler over `zone` and `forwarder` that forwards at most `forward_slots`
+    /// questions at a time.
     pub fn new(
         zone: LocalZone,
         forwarder: Forwarder,
         localhost_ttl: u32,
-        in_flight: Arc<InFlight>,
         forward_slots: usize,
     ) -> Self {
         Self {
             zone,
             forwarder,
             localhost_ttl,
-            in_flight,
             forward_slots: Semaphore::new(forward_slots),
             forward_limit: forward_slots,
             forwarding_saturated: AtomicBool::new(false),
         }
     }
 
+    /// Handles `message`, received from `src` over `protocol`, as far as it can be
+    /// without waiting: a reply is encoded into `out` (emptied first) unless the message
+    /// is dropped or its question is forwarded.
+    pub fn handle(
+        &self,
+        message: &[u8],
+        src: SocketAddr,
+        protocol: Protocol,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let request = match incoming::read(message, src, protocol) {
+            Incoming::Dropped => return Handled::Dropped,
+            Incoming::Malformed(header) => {
+                incoming::encode_error(&header, ResponseCode::FormErr, out);
+                return Handled::Reply;
+            }
+            Incoming::Request(request) => request,
+        };
+        match self.answer_at_once(&request) {
+            Answer::Now(reply) => {
+                self.encode(&request, reply, out);
+                Handled::Reply
+            }
+            Answer::Forward => Handled::Forward(request),
+        }
+    }
+
+    /// The reply to a request [`DnsHandler::handle`] gave back as
+    /// [`Handled::Forward`]: the upstreams' answer, or SERVFAIL.
+    pub async fn forwarded(&self, request: &Request) -> Reply {
+        match request.queries.queries() {
+            [query] => self.forward(query).await,
+            _ => Reply::empty(ResponseCode::FormErr),
+        }
+    }
+
     /// What to answer, before framing.
+    #[cfg(test)]
     async fn reply_to(&self, request: &Request) -> Reply {
+        match self.answer_at_once(request) {
+            Answer::Now(reply) => reply,
+            Answer::Forward => self.forwarded(request).await,
+        }
+    }
+
+    /// What to answer, unless the question has to wait on the upstreams.
+    fn answer_at_once(&self, request: &Request) -> Answer {
         if request
             .edns
             .as_ref()
             .is_some_and(|edns| edns.version() > EDNS_VERSION)
         {
-            return Reply::empty(ResponseCode::BADVERS);
+            return Answer::Now(Reply::empty(ResponseCode::BADVERS));
         }
         if request.metadata.op_code != OpCode::Query {
-            return Reply::empty(ResponseCode::NotImp);
+            return Answer::Now(Reply::empty(ResponseCode::NotImp));
         }
         let [query] = request.queries.queries() else {
-            return Reply::empty(ResponseCode::FormErr);
+            return Answer::Now(Reply::empty(ResponseCode::FormErr));
         };
         if query.query_class() != DNSClass::IN {
-            return Reply::empty(ResponseCode::Refused);
+            return Answer::Now(Reply::empty(ResponseCode::Refused));
         }
         match query.query_type() {
             // No zone transfers: the zone is synthesised and has no secondaries.
-            RecordType::AXFR | RecordType::IXFR => return Reply::empty(ResponseCode::Refused),
+            RecordType::AXFR | RecordType::IXFR => {
+                return Answer::Now(Reply::empty(ResponseCode::Refused));
+            }
             // OPT is a pseudo-type and cannot be asked for (RFC 6891 section 6.1.1).
-            RecordType::OPT => return Reply::empty(ResponseCode::FormErr),
+            RecordType::OPT => return Answer::Now(Reply::empty(ResponseCode::FormErr)),
             _ => {}
         }
         if self.zone.contains(query.name()) {
-            self.zone.answer(query)
+            Answer::Now(self.zone.answer(query))
         } else if localhost::is_localhost(query) {
-            localhost::answer(query, self.localhost_ttl)
+            Answer::Now(localhost::answer(query, self.localhost_ttl))
+        } else if !self.forwarder.is_enabled() {
+            // Refused without any upstream work.
+            Answer::Now(Reply::empty(ResponseCode::Refused))
         } else {
-            self.forward(query).await
+            Answer::Forward
         }
     }
 
@@ -136,13 +208,9 @@ impl DnsHandler {
         self.forwarder.forward(query).await
     }
 
-    /// Frames `reply` for `request` and sends it.
-    async fn send<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        reply: Reply,
-        mut response_handle: R,
-    ) -> ResponseInfo {
+    /// Frames `reply` for `request` and encodes it into `out` (emptied first). A reply
+    /// that cannot be encoded becomes a bare SERVFAIL, as in hickory-server.
+    pub fn encode(&self, request: &Request, reply: Reply, out: &mut Vec<u8>) {
         // A query with OPT gets OPT back (RFC 6891 section 6.1.1), without the DO bit:
         // dnsd does not sign or validate.
         let response_edns = request.edns.as_ref().map(|_| {
@@ -156,7 +224,8 @@ impl DnsHandler {
         metadata.recursion_available = self.forwarder.is_enabled();
         metadata.response_code = reply.code;
 
-        let reply = if request.protocol() == Protocol::Udp
+        let udp = request.protocol() == Protocol::Udp;
+        let reply = if udp
             && !fits(
                 request,
                 response_edns.as_ref(),
@@ -184,29 +253,28 @@ impl DnsHandler {
             [],
             &reply.additionals,
         );
-        match response_handle.send_response(response).await {
-            Ok(info) => info,
-            Err(error) => {
-                tracing::debug!(src = %request.src(), %error, "sending a reply failed");
-                ResponseInfo::from(Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                })
+        out.clear();
+        let mut encoder = BinEncoder::new(out);
+        // The encoder's own limit, as hickory-server sets it: a backstop behind `fits`.
+        encoder.set_max_size(match (&response_edns, udp) {
+            (Some(edns), true) => edns.max_payload(),
+            (None, true) => PLAIN_UDP_PAYLOAD,
+            (_, false) => u16::MAX,
+        });
+        if let Err(error) = response.destructive_emit(&mut encoder) {
+            tracing::error!(src = %request.src(), %error, "encoding a reply failed; SERVFAIL instead");
+            let mut metadata =
+                Metadata::new(request.metadata.id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            out.clear();
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            if header.emit(&mut BinEncoder::new(out)).is_err() {
+                out.clear();
             }
         }
-    }
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
-        let _in_flight = self.in_flight.enter();
-        let reply = self.reply_to(request).await;
-        self.send(request, reply, response_handle).await
     }
 }
 
@@ -253,11 +321,30 @@ fn fits(
     }
 }
 
+/// A handler for the zone `test.` (addresses 127.0.0.1 and ::1, no explicit records)
+/// forwarding to `upstreams`, for the unit tests of the serving loops.
+#[cfg(test)]
+pub fn handler_for_tests(upstreams: &[String]) -> DnsHandler {
+    use securely_core::settings::DnsSettings;
+
+    use crate::record_spec::ZoneNames;
+    use crate::records::RecordStore;
+
+    let settings = DnsSettings {
+        tld: "test".into(),
+        addresses: vec!["127.0.0.1".into(), "::1".into()],
+        ..DnsSettings::default()
+    };
+    let store = std::sync::Arc::new(RecordStore::detached(&ZoneNames::new("test")));
+    let zone = LocalZone::new(&settings, store).expect("zone");
+    let forwarder = Forwarder::new(upstreams).expect("forwarder");
+    DnsHandler::new(zone, forwarder, 60, FORWARD_SLOTS)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
     use std::str::FromStr;
-
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     use hickory_proto::op::{Message, MessageType, Query};
@@ -299,6 +386,85 @@ mod tests {
             60,
             RData::TXT(txt),
         )])
+    }
+
+    fn bytes(message: &Message) -> Vec<u8> {
+        message.to_vec().unwrap()
+    }
+
+    fn src() -> SocketAddr {
+        "127.0.0.1:5300".parse().unwrap()
+    }
+
+    #[test]
+    fn local_names_are_answered_at_once_and_others_forwarded() {
+        let handler = handler_for_tests(&["127.0.0.1:9".into()]);
+        let mut out = Vec::new();
+        let mut query = Message::query();
+        query.metadata.id = 7;
+        query.add_query(Query::query(
+            Name::from_str("app.test.").unwrap(),
+            RecordType::A,
+        ));
+        let handled = handler.handle(&bytes(&query), src(), Protocol::Udp, &mut out);
+        assert!(matches!(handled, Handled::Reply), "{handled:?}");
+        let reply = Message::from_vec(&out).unwrap();
+        assert_eq!(reply.metadata.id, 7);
+        assert!(reply.metadata.authoritative);
+        assert_eq!(reply.answers[0].data.to_string(), "127.0.0.1");
+
+        let mut outside = Message::query();
+        outside.add_query(Query::query(
+            Name::from_str("example.com.").unwrap(),
+            RecordType::A,
+        ));
+        let handled = handler.handle(&bytes(&outside), src(), Protocol::Udp, &mut out);
+        assert!(matches!(handled, Handled::Forward(_)), "{handled:?}");
+
+        // Without upstreams, REFUSED at once.
+        let refusing = handler_for_tests(&[]);
+        let handled = refusing.handle(&bytes(&outside), src(), Protocol::Tcp, &mut out);
+        assert!(matches!(handled, Handled::Reply), "{handled:?}");
+        assert_eq!(
+            Message::from_vec(&out).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+    }
+
+    #[test]
+    fn malformed_messages_get_formerr_and_responses_nothing() {
+        let handler = handler_for_tests(&[]);
+        let mut out = Vec::new();
+        let mut query = Message::query();
+        query.add_query(Query::query(
+            Name::from_str("app.test.").unwrap(),
+            RecordType::A,
+        ));
+        let encoded = bytes(&query);
+        let handled = handler.handle(&encoded[..12], src(), Protocol::Udp, &mut out);
+        assert!(matches!(handled, Handled::Reply), "{handled:?}");
+        assert_eq!(
+            Message::from_vec(&out).unwrap().metadata.response_code,
+            ResponseCode::FormErr
+        );
+        let mut response = encoded.clone();
+        response[2] |= 0x80;
+        let handled = handler.handle(&response, src(), Protocol::Udp, &mut out);
+        assert!(matches!(handled, Handled::Dropped), "{handled:?}");
+        let handled = handler.handle(&encoded[..5], src(), Protocol::Udp, &mut out);
+        assert!(matches!(handled, Handled::Dropped), "{handled:?}");
+    }
+
+    #[test]
+    fn replies_too_big_for_udp_are_truncated_but_not_over_tcp() {
+        let handler = handler_for_tests(&[]);
+        let mut out = Vec::new();
+        for (protocol, truncated) in [(Protocol::Udp, true), (Protocol::Tcp, false)] {
+            handler.encode(&request(protocol, None), txt_reply(600), &mut out);
+            let reply = Message::from_vec(&out).unwrap();
+            assert_eq!(reply.metadata.truncation, truncated, "{protocol}");
+            assert_eq!(reply.answers.is_empty(), truncated, "{protocol}");
+        }
     }
 
     #[test]
@@ -346,7 +512,7 @@ mod tests {
         // An upstream that never answers keeps a forwarded question waiting.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let forwarder = Forwarder::new(&[silent.local_addr().unwrap().to_string()]).unwrap();
-        let handler = Arc::new(DnsHandler::new(zone, forwarder, 60, InFlight::new(), 1));
+        let handler = Arc::new(DnsHandler::new(zone, forwarder, 60, 1));
 
         let waiting = tokio::spawn({
             let handler = handler.clone();

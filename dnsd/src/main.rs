@@ -4,12 +4,29 @@
 //! (set over gRPC, kept in sled) override that per name, `localhost` is answered
 //! locally, and other names go to `dns.upstreams` (or are refused).
 //!
-//! The process runs in named phases: start (settings, logging, inherited fds), open the
-//! record store, take the DNS sockets, serve DNS and gRPC on one tokio runtime, report
-//! ready, wait for a shutdown request, drain (graceful) or stop (fast), flush the store,
-//! exit 0.
+//! The process runs in named phases:
+//! 1. **start** — settings, logging, inherited fds.
+//! 2. **prepare** — the tokio runtime, signal handling, the DNS sockets, the forwarder,
+//!    the zone and the DNS server (no socket registered yet): everything that needs no
+//!    sled tree.
+//! 3. **await turn** — under the supervisor, report `PREPARED=1` and wait for `ACQUIRE`
+//!    (the instance replaced has released the tree by then); standalone, go on at once.
+//! 4. **open the record store** — open the tree (retrying while the previous process's
+//!    lock lingers) and load the records.
+//! 5. **serve** — DNS on the sockets, gRPC on its socket (taken only now: standalone,
+//!    it is bound, which fails while another instance runs), report ready.
+//! 6. **run** — until a shutdown request, carrying out the supervisor's hand-over
+//!    commands (see [`control_plane`]): on `RELEASE` gRPC stops and the tree closes while
+//!    DNS goes on answering from the in-memory records; on `RESUME` the tree reopens, the
+//!    records reload and gRPC serves again.
+//! 7. **stop** — drain (graceful) or stop (fast) DNS, and gRPC unless released.
+//! 8. **close the record store** (if it is attached), exit 0.
+//!
+//! A shutdown request before the store is open ends the process cleanly without
+//! serving; a failed release or resume exits non-zero.
 
 mod admin;
+mod control_plane;
 mod forward;
 mod handler;
 mod listeners;
@@ -20,7 +37,6 @@ mod records;
 mod reply;
 mod reply_size;
 
-use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,12 +45,10 @@ use anyhow::{Context, anyhow};
 use hickory_server::Server;
 use securely_core::daemon::Daemon;
 use securely_core::drain::InFlight;
-use securely_core::rpc::RpcServer;
 use securely_core::shutdown::ShutdownKind;
 use tokio::time::Instant;
-use tonic::service::Routes;
 
-use crate::admin::AdminService;
+use crate::control_plane::{ControlPlane, Summary};
 use crate::forward::Forwarder;
 use crate::handler::{DnsHandler, FORWARD_SLOTS};
 use crate::listeners::DnsSockets;
@@ -68,110 +82,43 @@ fn fail(error: anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Everything after start-up: store, sockets, the serving runtime, and closing the store.
-fn run(mut daemon: Daemon) -> anyhow::Result<()> {
+/// Everything after start-up: the serving runtime, then closing the record store.
+fn run(daemon: Daemon) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dnsd")
         .build()
         .context("starting the tokio runtime")?;
-
-    // Phase: open the record store (signals are watched from here on).
     let names = ZoneNames::new(&daemon.settings.dns.tld);
-    let store = match runtime.block_on(open_store(&daemon, &names)) {
-        Ok(Some(store)) => store,
-        Ok(None) => {
-            runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
-            tracing::info!("stopped before serving");
-            return Ok(());
-        }
-        Err(error) => {
-            runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
-            return Err(error);
-        }
-    };
-
-    // Phase: take the sockets (inherited, or bound from the settings), then serve until
-    // asked to stop.
-    let served = match take_sockets(&mut daemon) {
-        Ok((sockets, grpc_listener)) => {
-            runtime.block_on(serve(daemon, store.clone(), names, sockets, grpc_listener))
-        }
-        Err(error) => Err(error),
-    };
+    let store = Arc::new(RecordStore::detached(&names));
+    let served = runtime.block_on(serve(daemon, store.clone(), names));
     runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
 
-    // Phase: close the store.
-    let closed = close_store(store);
+    // Phase: close the record store. Detaching waits for a write still running on a
+    // blocking thread (the runtime does not wait for those, and a fast stop does not
+    // wait for the admin call), and closes the tree even though that thread still holds
+    // the store.
+    let closed = store.detach().context("closing the record store");
     if served.is_ok() && closed.is_ok() {
         tracing::info!("stopped");
     }
     served.and(closed)
 }
 
-/// Opens the sled tree and loads the records. The tree may still be held by the
-/// instance dnsd replaces, so opening retries for a while; a shutdown request meanwhile
-/// ends start-up cleanly (`None`).
-async fn open_store(
-    daemon: &Daemon,
-    names: &ZoneNames,
-) -> anyhow::Result<Option<Arc<RecordStore>>> {
+/// Prepares, waits for the tree, serves DNS and gRPC through hand-over commands, then
+/// stops them the way the shutdown request asks.
+async fn serve(
+    mut daemon: Daemon,
+    store: Arc<RecordStore>,
+    names: ZoneNames,
+) -> anyhow::Result<()> {
+    // Phase: prepare (signals are watched from here on).
     daemon
         .shutdown
         .watch_signals()
         .context("watching signals")?;
-    let path = daemon.tree_path();
-    tracing::info!(path = %path.display(), "opening the record store");
-    let names = names.clone();
-    let opening = tokio::task::spawn_blocking(move || -> anyhow::Result<RecordStore> {
-        let db = securely_core::store::open_tree(&path, securely_core::store::OPEN_DEADLINE)?;
-        RecordStore::open(db, &names).context("loading the records")
-    });
-    tokio::select! {
-        opened = opening => Ok(Some(Arc::new(opened.context("opening the record store")??))),
-        kind = daemon.shutdown.wait() => {
-            tracing::info!(?kind, "asked to stop while opening the record store");
-            Ok(None)
-        }
-    }
-}
-
-/// The DNS sockets and the gRPC listener.
-fn take_sockets(daemon: &mut Daemon) -> anyhow::Result<(DnsSockets, UnixListener)> {
-    let sockets = DnsSockets::take(daemon)?;
-    let grpc_listener = daemon.grpc_listener()?;
-    Ok((sockets, grpc_listener))
-}
-
-/// Flushes and closes the record store. Every task holding it ended with the runtime,
-/// except a write still running on a blocking thread (the runtime does not wait for
-/// those, and a fast stop does not wait for the admin call): then the store is flushed
-/// and left to that thread, and sled closes when the process exits.
-fn close_store(store: Arc<RecordStore>) -> anyhow::Result<()> {
-    match Arc::try_unwrap(store) {
-        Ok(store) => store.close().context("closing the record store"),
-        Err(store) => {
-            tracing::warn!(
-                holders = Arc::strong_count(&store) - 1,
-                "a record write is still running; flushing the store without closing it"
-            );
-            store.flush().context("flushing the record store")
-        }
-    }
-}
-
-/// Serves DNS and gRPC, then stops them the way the shutdown request asks.
-async fn serve(
-    daemon: Daemon,
-    store: Arc<RecordStore>,
-    names: ZoneNames,
-    sockets: DnsSockets,
-    grpc_listener: UnixListener,
-) -> anyhow::Result<()> {
+    let sockets = DnsSockets::take(&mut daemon)?;
     let settings = &daemon.settings;
-    let listeners = sockets.describe();
-
-    // Phase: DNS.
     let forwarder = Forwarder::new(&settings.dns.upstreams)?;
     let forwarding = match forwarder.upstreams() {
         [] => "no upstreams (other names are refused)".to_string(),
@@ -185,7 +132,11 @@ async fn serve(
         ),
     };
     let zone = LocalZone::new(&settings.dns, store.clone())?;
-    let apex = zone.apex().to_string();
+    let summary = Summary {
+        apex: zone.apex().to_string(),
+        listeners: sockets.describe(),
+        forwarding,
+    };
     let in_flight = InFlight::new();
     let mut dns = Server::new(DnsHandler::new(
         zone,
@@ -194,33 +145,38 @@ async fn serve(
         in_flight.clone(),
         FORWARD_SLOTS,
     ));
+
+    // Phase: await turn.
+    if !daemon.await_turn().await {
+        tracing::info!("asked to stop before serving");
+        return Ok(());
+    }
+
+    // Phase: open the record store.
+    if !control_plane::attach(&daemon, &store).await? {
+        return Ok(());
+    }
+
+    // Phase: serve (DNS, gRPC, ready). The gRPC socket is taken only now: standalone,
+    // binding it fails while another instance runs, which must first let go of the tree.
     sockets.register(&mut dns)?;
+    let grpc_listener = daemon.grpc_listener()?;
+    let mut plane = ControlPlane::new(store, names, grpc_listener, summary);
+    plane.serve(&daemon)?;
 
-    // Phase: gRPC.
-    let admin = AdminService::new(
-        store.clone(),
-        names,
-        settings.dns.ttl,
-        daemon.access.clone(),
-    );
-    let routes = Routes::new(admin.into_server())
-        .add_service(daemon.control_service(listeners.clone()).into_server());
-    let mut grpc = RpcServer::start(grpc_listener, routes);
-
-    // Phase: ready.
-    let status = format!(
-        "serving {apex} on {}; {} explicit records; {forwarding}",
-        listeners.join(" "),
-        store.len()
-    );
-    tracing::info!("{status}");
-    daemon.ready(status);
-
-    let kind = tokio::select! {
-        kind = daemon.shutdown.wait() => kind,
-        ended = grpc.ended() => return Err(anyhow!("gRPC server stopped: {ended}")),
-        ended = dns.block_until_done() => {
-            return Err(anyhow!("DNS server stopped: {}", ended.map_or_else(|e| e.to_string(), |()| "no socket left".into())));
+    // Phase: run.
+    let kind = loop {
+        let command = tokio::select! {
+            kind = daemon.shutdown.wait() => break kind,
+            ended = plane.ended() => return Err(anyhow!("gRPC server stopped: {ended}")),
+            ended = dns.block_until_done() => {
+                return Err(anyhow!("DNS server stopped: {}", ended.map_or_else(|e| e.to_string(), |()| "no socket left".into())));
+            }
+            command = daemon.next_command() => command,
+        };
+        if let Err(error) = plane.obey(&daemon, command).await {
+            tracing::error!("{command:?} failed: {error:#}");
+            return Err(error);
         }
     };
 
@@ -228,14 +184,14 @@ async fn serve(
     daemon.stopping();
     match kind {
         ShutdownKind::Graceful => {
-            let deadline = Instant::now() + settings.grace_period();
+            let deadline = Instant::now() + daemon.settings.grace_period();
             drain_dns(&daemon, &mut dns, &in_flight, deadline).await;
-            stop_grpc(&daemon, grpc, deadline).await;
+            plane.stop(&daemon, deadline).await;
         }
         ShutdownKind::Fast => {
             tracing::info!("stopping now");
             drop(dns);
-            grpc.abort();
+            plane.abort();
         }
     }
     Ok(())
@@ -263,12 +219,4 @@ async fn drain_dns(
         Ok(Err(error)) => tracing::warn!(%error, "DNS server stopped with an error"),
         Err(_) => tracing::warn!("DNS listeners did not stop in time; abandoning them"),
     }
-}
-
-/// Stops accepting gRPC calls and lets the admin calls in flight finish (until
-/// `deadline`); a fast request meanwhile cuts them short.
-async fn stop_grpc(daemon: &Daemon, grpc: RpcServer, deadline: Instant) {
-    tracing::info!(calls = grpc.calls_in_flight(), "stopping gRPC");
-    grpc.stop_within(deadline, daemon.shutdown.wait_fast())
-        .await;
 }

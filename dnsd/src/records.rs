@@ -7,6 +7,17 @@
 //! durable and visible at once. A change whose flush fails is undone in the tree before
 //! the error is returned, so that a later flush cannot write what the caller was told
 //! failed.
+//!
+//! For a hand-over the store can let go of its tree while it keeps answering: [`detach`]
+//! flushes the tree and drops every sled handle (so that another process may open it),
+//! after which lookups are served from the index unchanged and changes are refused with
+//! [`StoreError::Detached`]. [`attach`] takes a tree (again) and reloads the index and the
+//! serial from it, since another instance may have changed it meanwhile. The tree sits
+//! under the writers' lock, so a detach waits for a change in progress and no handle
+//! outlives it.
+//!
+//! [`detach`]: RecordStore::detach
+//! [`attach`]: RecordStore::attach
 
 use std::collections::HashMap;
 #[cfg(test)]
@@ -42,6 +53,10 @@ pub enum StoreError {
     /// A stored record is no longer valid.
     #[error("stored record: {0}")]
     Invalid(#[from] InvalidArgument),
+    /// The tree is detached (handed over to another dnsd instance): records are served
+    /// but cannot change.
+    #[error("the record store is closed for a hand-over to another dnsd instance; try again")]
+    Detached,
 }
 
 /// One explicit record as queries use it.
@@ -57,9 +72,11 @@ pub struct ExplicitRecord {
 
 /// The explicit records of the local zone.
 pub struct RecordStore {
-    db: sled::Db,
-    /// Serialises writers so that sled and the index change together.
-    writer: Mutex<()>,
+    /// The sled tree (`None` while detached). Its lock serialises writers so that sled
+    /// and the index change together.
+    tree: Mutex<Option<sled::Db>>,
+    /// What a stored record must be valid under to be served.
+    names: ZoneNames,
     index: RwLock<Index>,
     /// How many of the next flushes fail, to test what a failing disk does.
     #[cfg(test)]
@@ -79,32 +96,54 @@ struct Entry {
 }
 
 impl RecordStore {
-    /// Loads every record of `db` that is valid under `names`. Records that are not
-    /// (the TLD changed since they were set, or the entry is damaged) are logged and left
-    /// in the tree, unserved.
-    pub fn open(db: sled::Db, names: &ZoneNames) -> Result<Self, StoreError> {
-        let mut index = Index {
-            serial: read_serial(&db)?.unwrap_or(FIRST_SERIAL),
-            ..Index::default()
-        };
-        for item in db.scan_prefix(RECORD_PREFIX) {
-            let (key, value) = item?;
-            match decode(&value).and_then(|spec| revalidate(names, spec)) {
-                Ok(entry) => index.insert(entry),
-                Err(reason) => tracing::warn!(
-                    key = %String::from_utf8_lossy(&key).replace('\0', " "),
-                    %reason,
-                    "stored record ignored"
-                ),
-            }
-        }
-        Ok(Self {
-            db,
-            writer: Mutex::new(()),
-            index: RwLock::new(index),
+    /// A store without a tree yet: it serves no records and refuses changes until
+    /// [`RecordStore::attach`].
+    pub fn detached(names: &ZoneNames) -> Self {
+        Self {
+            tree: Mutex::new(None),
+            names: names.clone(),
+            index: RwLock::new(Index {
+                serial: FIRST_SERIAL,
+                ..Index::default()
+            }),
             #[cfg(test)]
             failing_flushes: AtomicUsize::new(0),
-        })
+        }
+    }
+
+    /// A store attached to `db` (see [`RecordStore::attach`]).
+    #[cfg(test)]
+    pub fn open(db: sled::Db, names: &ZoneNames) -> Result<Self, StoreError> {
+        let store = Self::detached(names);
+        store.attach(db)?;
+        Ok(store)
+    }
+
+    /// Takes `db` as the tree and replaces the index and the serial with what it holds
+    /// (a tree attached before, if any, is closed). Records that are not valid under the
+    /// zone's names (the TLD changed since they were set, or the entry is damaged) are
+    /// logged and left in the tree, unserved. If `db` cannot be read, it is closed again
+    /// and the store is left as it was.
+    pub fn attach(&self, db: sled::Db) -> Result<(), StoreError> {
+        let mut tree = self.lock_tree();
+        let index = load(&db, &self.names)?;
+        *self.write_index() = index;
+        *tree = Some(db);
+        Ok(())
+    }
+
+    /// Flushes the tree and closes it (every sled handle is dropped, so another process
+    /// may open it), waiting for a change in progress. The records are still served from
+    /// memory; changes fail with [`StoreError::Detached`] until the next
+    /// [`RecordStore::attach`]. The tree is closed even when the flush fails (then that
+    /// error is returned). Detaching a detached store does nothing.
+    pub fn detach(&self) -> Result<(), StoreError> {
+        let Some(db) = self.lock_tree().take() else {
+            return Ok(());
+        };
+        let flushed = self.flush_to_disk(&db);
+        drop(db);
+        Ok(flushed?)
     }
 
     /// Adds `spec`, replacing a record of the same name, type and value. A CNAME replaces
@@ -116,7 +155,8 @@ impl RecordStore {
             spec,
         };
         let owner = entry.spec.owner()?;
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tree = self.lock_tree();
+        let db = tree.as_ref().ok_or(StoreError::Detached)?;
         let existing = self.read_index().records_of(&owner);
         let replaced: Vec<&RecordSpec> = match entry.spec.kind {
             RecordKind::Cname => {
@@ -145,7 +185,7 @@ impl RecordStore {
         };
         let mut changes: Vec<Change> = replaced.iter().map(|old| (record_key(old), None)).collect();
         changes.push((record_key(&entry.spec), Some(encode(&entry.spec)?)));
-        let serial = self.commit(changes)?;
+        let serial = self.commit(db, changes)?;
 
         let mut index = self.write_index();
         index.remove(&owner, |e| replaced.iter().any(|old| **old == e.spec));
@@ -158,7 +198,8 @@ impl RecordStore {
     /// Returns how many were removed; once the change is on disk.
     pub fn unset(&self, name: &str, kind: Option<RecordKind>) -> Result<u32, StoreError> {
         let owner = owner_name(name)?;
-        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let tree = self.lock_tree();
+        let db = tree.as_ref().ok_or(StoreError::Detached)?;
         let removed: Vec<RecordSpec> = self
             .read_index()
             .records_of(&owner)
@@ -172,7 +213,7 @@ impl RecordStore {
             .iter()
             .map(|spec| (record_key(spec), None))
             .collect();
-        let serial = self.commit(changes)?;
+        let serial = self.commit(db, changes)?;
 
         let mut index = self.write_index();
         index.remove(&owner, |e| removed.contains(&e.spec));
@@ -217,32 +258,18 @@ impl RecordStore {
         self.read_index().serial
     }
 
-    /// Writes everything to disk (on shutdown, when another handle still exists).
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.flush_to_disk()?;
-        Ok(())
-    }
-
-    /// Writes everything to disk and closes the tree, so that the next instance may
-    /// open it.
-    pub fn close(self) -> Result<(), StoreError> {
-        self.flush_to_disk()?;
-        drop(self);
-        Ok(())
-    }
-
-    /// Applies `changes` and the next serial as one batch and flushes it; returns that
-    /// serial. If the flush fails, the keys get their previous values back.
-    fn commit(&self, mut changes: Vec<Change>) -> Result<u32, StoreError> {
+    /// Applies `changes` and the next serial as one batch to `db` and flushes it;
+    /// returns that serial. If the flush fails, the keys get their previous values back.
+    fn commit(&self, db: &sled::Db, mut changes: Vec<Change>) -> Result<u32, StoreError> {
         let serial = next_serial(self.read_index().serial);
         changes.push((SERIAL_KEY.to_vec(), Some(serial.to_be_bytes().to_vec())));
         let previous = changes
             .iter()
-            .map(|(key, _)| Ok((key.clone(), self.db.get(key)?.map(|value| value.to_vec()))))
+            .map(|(key, _)| Ok((key.clone(), db.get(key)?.map(|value| value.to_vec()))))
             .collect::<Result<Vec<Change>, sled::Error>>()?;
-        self.db.apply_batch(batch_of(&changes))?;
-        if let Err(error) = self.flush_to_disk() {
-            self.roll_back(previous);
+        db.apply_batch(batch_of(&changes))?;
+        if let Err(error) = self.flush_to_disk(db) {
+            self.roll_back(db, previous);
             return Err(error.into());
         }
         Ok(serial)
@@ -250,11 +277,10 @@ impl RecordStore {
 
     /// Puts back what the keys held before a change that could not be flushed, so that
     /// the tree says what the index says and the caller was told.
-    fn roll_back(&self, previous: Vec<Change>) {
-        let undone = self
-            .db
+    fn roll_back(&self, db: &sled::Db, previous: Vec<Change>) {
+        let undone = db
             .apply_batch(batch_of(&previous))
-            .and_then(|()| self.flush_to_disk());
+            .and_then(|()| self.flush_to_disk(db));
         if let Err(error) = undone {
             tracing::error!(
                 %error,
@@ -264,7 +290,7 @@ impl RecordStore {
         }
     }
 
-    fn flush_to_disk(&self) -> Result<(), sled::Error> {
+    fn flush_to_disk(&self, db: &sled::Db) -> Result<(), sled::Error> {
         #[cfg(test)]
         if self
             .failing_flushes
@@ -275,8 +301,12 @@ impl RecordStore {
                 "injected flush failure",
             )));
         }
-        self.db.flush()?;
+        db.flush()?;
         Ok(())
+    }
+
+    fn lock_tree(&self) -> std::sync::MutexGuard<'_, Option<sled::Db>> {
+        self.tree.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -313,6 +343,26 @@ impl Index {
             .map(|entries| entries.iter().map(|e| e.spec.clone()).collect())
             .unwrap_or_default()
     }
+}
+
+/// The index of every record of `db` that is valid under `names`, and its serial.
+fn load(db: &sled::Db, names: &ZoneNames) -> Result<Index, StoreError> {
+    let mut index = Index {
+        serial: read_serial(db)?.unwrap_or(FIRST_SERIAL),
+        ..Index::default()
+    };
+    for item in db.scan_prefix(RECORD_PREFIX) {
+        let (key, value) = item?;
+        match decode(&value).and_then(|spec| revalidate(names, spec)) {
+            Ok(entry) => index.insert(entry),
+            Err(reason) => tracing::warn!(
+                key = %String::from_utf8_lossy(&key).replace('\0', " "),
+                %reason,
+                "stored record ignored"
+            ),
+        }
+    }
+    Ok(index)
 }
 
 /// The next SOA serial (RFC 1982 arithmetic wraps; 0 is skipped to stay recognisable).
@@ -447,7 +497,9 @@ mod tests {
     /// Every key and value of the tree.
     fn tree(store: &RecordStore) -> Vec<(Vec<u8>, Vec<u8>)> {
         store
-            .db
+            .lock_tree()
+            .as_ref()
+            .expect("attached")
             .iter()
             .map(|item| {
                 let (key, value) = item.unwrap();
@@ -512,6 +564,85 @@ mod tests {
             ]
         );
         assert_eq!(store.serial(), serial + 1);
+    }
+
+    /// Whether another opener could take the tree now (sled's flock conflicts between
+    /// two opens even in one process, so this fails while any handle is alive).
+    fn held(dir: &std::path::Path) -> bool {
+        securely_core::store::open_tree(dir, std::time::Duration::ZERO).is_err()
+    }
+
+    #[test]
+    fn a_detached_store_answers_from_memory_and_refuses_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.set(spec("api.test", "A", "10.0.0.1")).unwrap();
+        store.set(spec("txt.test", "TXT", "hello")).unwrap();
+        let (serial, listed) = (store.serial(), store.list());
+        assert!(held(dir.path()));
+
+        store.detach().unwrap();
+        // Every handle is gone: another opener gets the tree.
+        drop(open_db(dir.path()));
+        assert_eq!(store.serial(), serial);
+        assert_eq!(store.list(), listed);
+        assert_eq!(store.lookup(&owner("api.test.")).unwrap().len(), 1);
+        assert!(matches!(
+            store.set(spec("new.test", "A", "10.0.0.2")),
+            Err(StoreError::Detached)
+        ));
+        assert!(matches!(
+            store.unset("api.test", None),
+            Err(StoreError::Detached)
+        ));
+        assert_eq!(store.list(), listed);
+        // Detaching again (closing at exit) is fine.
+        store.detach().unwrap();
+    }
+
+    #[test]
+    fn reattaching_reloads_what_another_opener_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.set(spec("old.test", "A", "10.0.0.1")).unwrap();
+        store.set(spec("kept.test", "A", "10.0.0.2")).unwrap();
+        store.detach().unwrap();
+
+        let other_serial = {
+            let other = open(dir.path());
+            other.unset("old.test", None).unwrap();
+            other.set(spec("new.test", "TXT", "hello")).unwrap();
+            other.detach().unwrap();
+            other.serial()
+        };
+        // Until reattached, the detached store still answers what it knew.
+        assert!(store.lookup(&owner("old.test.")).is_some());
+        assert!(store.lookup(&owner("new.test.")).is_none());
+
+        store.attach(open_db(dir.path())).unwrap();
+        assert!(store.lookup(&owner("old.test.")).is_none());
+        assert!(store.lookup(&owner("kept.test.")).is_some());
+        assert!(store.lookup(&owner("new.test.")).is_some());
+        assert_eq!(store.serial(), other_serial);
+        store.set(spec("later.test", "A", "10.0.0.3")).unwrap();
+        assert_eq!(store.serial(), other_serial + 1);
+        assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn a_detach_whose_flush_fails_still_closes_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.set(spec("api.test", "A", "10.0.0.1")).unwrap();
+        store.failing_flushes.store(1, Ordering::Release);
+        assert!(matches!(store.detach(), Err(StoreError::Sled(_))));
+        // The tree is free again, and holds what was acknowledged.
+        assert_eq!(open(dir.path()).len(), 1);
+        assert!(matches!(
+            store.set(spec("new.test", "A", "10.0.0.2")),
+            Err(StoreError::Detached)
+        ));
+        assert_eq!(store.len(), 1);
     }
 
     #[test]

@@ -134,6 +134,15 @@ fn expect_line(reader: &mut BufReader<UnixStream>, want: &str) -> Vec<String> {
     }
 }
 
+/// Plays the supervisor's part of start-up: waits for `PREPARED=1`, grants the tree
+/// (`ACQUIRE`), and waits for `READY=1`; returns the lines seen.
+fn acquire(reader: &mut BufReader<UnixStream>) -> Vec<String> {
+    use std::io::Write;
+    expect_line(reader, "PREPARED=1");
+    writeln!(reader.get_mut(), "ACQUIRE").expect("sending ACQUIRE");
+    expect_line(reader, "READY=1")
+}
+
 fn wait_exit(child: &mut KilledOnDrop) -> (std::process::ExitStatus, Duration) {
     let started = Instant::now();
     loop {
@@ -175,7 +184,7 @@ fn inherited_sockets_serve_and_survive_a_hand_over() {
     let mut first = spawn(dir.path(), &sockets, &theirs);
     drop(theirs);
     let mut notices = BufReader::new(notify);
-    let seen = expect_line(&mut notices, "READY=1");
+    let seen = acquire(&mut notices);
     assert!(
         seen.iter().any(|l| l.starts_with("STATUS=serving test.")),
         "{seen:?}"
@@ -199,7 +208,7 @@ fn inherited_sockets_serve_and_survive_a_hand_over() {
     let mut second = spawn(dir.path(), &sockets, &theirs);
     drop(theirs);
     let mut notices = BufReader::new(notify);
-    expect_line(&mut notices, "READY=1");
+    acquire(&mut notices);
     for (transport, reply) in both(sockets.addr, &query("moved.test.", RecordType::A)) {
         assert_eq!(answers(&reply), vec!["10.3.3.3"], "{transport}");
     }
@@ -220,7 +229,7 @@ fn a_fast_stop_reports_stopping_too() {
     let mut dnsd = spawn(dir.path(), &sockets, &theirs);
     drop(theirs);
     let mut notices = BufReader::new(notify);
-    expect_line(&mut notices, "READY=1");
+    acquire(&mut notices);
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(dnsd.0.id() as i32),

@@ -1,4 +1,9 @@
 //! The `ProxyAdmin` gRPC service: link, unlink and list sites, live.
+//!
+//! It reads the site store from its [`StoreSlot`] on every call and holds it only for
+//! that call, so a hand-over can close the tree once the calls in flight are done. While
+//! the tree is released there is no gRPC server at all; a call that slips in anyway is
+//! answered `UNAVAILABLE`.
 
 use std::sync::Arc;
 
@@ -12,17 +17,18 @@ use tonic::{Request, Response, Status};
 
 use crate::sites::Site;
 use crate::store::{SiteStore, StoreError};
+use crate::tenure::StoreSlot;
 
 /// The admin service over the site store.
 pub struct AdminService {
-    store: Arc<SiteStore>,
+    slot: Arc<StoreSlot>,
     access: Access,
 }
 
 impl AdminService {
-    /// An admin service changing `store`, allowing mutating calls to `access`.
-    pub fn new(store: Arc<SiteStore>, access: Access) -> Self {
-        Self { store, access }
+    /// An admin service changing the store in `slot`, allowing mutating calls to `access`.
+    pub fn new(slot: Arc<StoreSlot>, access: Access) -> Self {
+        Self { slot, access }
     }
 
     /// The tonic service.
@@ -30,21 +36,18 @@ impl AdminService {
         ProxyAdminServer::new(self)
     }
 
-    fn message(&self, site: &Site) -> SiteMessage {
-        SiteMessage {
-            name: site.name.clone(),
-            target: site.target.to_string(),
-            hostnames: site.hostnames.clone(),
-            serves: site.serves(self.store.tld()),
-        }
+    /// The store, for this call only.
+    fn store(&self) -> Result<Arc<SiteStore>, Status> {
+        self.slot
+            .get()
+            .ok_or_else(|| Status::unavailable("proxyd has handed its site store over"))
     }
 
     /// Runs a store operation (sled writes and a flush) off the async workers.
     async fn blocking<T: Send + 'static>(
-        &self,
+        store: Arc<SiteStore>,
         op: impl FnOnce(&SiteStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
-        let store = self.store.clone();
         tokio::task::spawn_blocking(move || op(&store))
             .await
             .map_err(|e| Status::internal(format!("site store task failed: {e}")))?
@@ -64,11 +67,12 @@ impl ProxyAdmin for AdminService {
             target,
             hostnames,
         } = request.into_inner();
-        let site = self
-            .blocking(move |store| store.link(&name, &target, &hostnames))
-            .await?;
+        let store = self.store()?;
+        let tld = store.tld().to_string();
+        let site =
+            Self::blocking(store, move |store| store.link(&name, &target, &hostnames)).await?;
         tracing::info!(site = %site.name, target = %site.target, "site linked");
-        Ok(Response::new(self.message(&site)))
+        Ok(Response::new(message(&site, &tld)))
     }
 
     async fn unlink_site(
@@ -77,7 +81,7 @@ impl ProxyAdmin for AdminService {
     ) -> Result<Response<UnlinkSiteReply>, Status> {
         self.access.authorize(&request)?;
         let name = request.into_inner().name;
-        let site = self.blocking(move |store| store.unlink(&name)).await?;
+        let site = Self::blocking(self.store()?, move |store| store.unlink(&name)).await?;
         tracing::info!(site = %site.name, "site unlinked");
         Ok(Response::new(UnlinkSiteReply {}))
     }
@@ -86,8 +90,22 @@ impl ProxyAdmin for AdminService {
         &self,
         _request: Request<ListSitesRequest>,
     ) -> Result<Response<ListSitesReply>, Status> {
-        let sites = self.store.list().iter().map(|s| self.message(s)).collect();
+        let store = self.store()?;
+        let sites = store
+            .list()
+            .iter()
+            .map(|s| message(s, store.tld()))
+            .collect();
         Ok(Response::new(ListSitesReply { sites }))
+    }
+}
+
+fn message(site: &Site, tld: &str) -> SiteMessage {
+    SiteMessage {
+        name: site.name.clone(),
+        target: site.target.to_string(),
+        hostnames: site.hostnames.clone(),
+        serves: site.serves(tld),
     }
 }
 

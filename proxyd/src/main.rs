@@ -5,18 +5,23 @@
 //!
 //! 1. start: command line, settings, logging, inherited sockets ([`Daemon::start`]);
 //! 2. sockets: the HTTP listeners (inherited or bound) and the gRPC socket;
-//! 3. store: the sled tree, loaded into the routing table;
-//! 4. assemble: pingora's server with the proxy service, which adopts the listeners;
-//! 5. control: signals, gRPC, readiness and the shutdown sequence on their own thread
+//! 3. turn: under the supervisor, `PREPARED=1`, then wait for `ACQUIRE` (the previous
+//!    instance has released the sled tree by then); a shutdown meanwhile ends proxyd
+//!    here, exit 0. Standalone, no wait;
+//! 4. store: the sled tree, loaded into the routing table;
+//! 5. assemble: pingora's server with the proxy service, which adopts the listeners;
+//! 6. control: signals, gRPC, readiness, the hand-over commands (release the tree and
+//!    keep proxying, or take it back) and the shutdown sequence on their own thread
 //!    ([`control`]);
-//! 6. run: pingora's main loop on the main thread, until the control plane releases it;
-//! 7. exit: once the control plane has closed the store.
+//! 7. run: pingora's main loop on the main thread, until the control plane releases it;
+//! 8. exit: once the control plane has closed the store (if proxyd still holds it).
 
 mod admin;
 mod conf;
 mod control;
 mod drain;
 mod forwarding;
+mod handover;
 mod listeners;
 mod loops;
 mod pages;
@@ -26,6 +31,7 @@ mod routing;
 mod service;
 mod sites;
 mod store;
+mod tenure;
 #[cfg(test)]
 mod test_support;
 
@@ -52,7 +58,7 @@ use crate::loops::OwnListeners;
 use crate::proxy::SiteProxy;
 use crate::routing::Routes;
 use crate::service::ProxyService;
-use crate::store::SiteStore;
+use crate::store::StoreSetup;
 
 fn main() -> ExitCode {
     match run() {
@@ -73,24 +79,30 @@ fn run() -> anyhow::Result<()> {
     let http_addrs: Vec<_> = http.iter().map(HttpListener::addr).collect();
     let grpc = daemon.grpc_listener()?;
 
-    // 3. store
-    let routes = Arc::new(Routes::default());
-    let store = SiteStore::open(
-        daemon.open_tree()?,
-        &daemon.settings.dns.tld,
-        OwnListeners::new(http_addrs.clone()),
-        routes.clone(),
-    )
-    .context("loading sites")?;
+    // 3. turn
+    if !daemon.await_turn_blocking() {
+        tracing::info!("shutdown requested before taking the sled tree; exiting");
+        return Ok(());
+    }
 
-    // 4. assemble
+    // 4. store
+    let store_setup = StoreSetup {
+        tld: daemon.settings.dns.tld.clone(),
+        own: OwnListeners::new(http_addrs.clone()),
+        routes: Arc::new(Routes::default()),
+    };
+    let store = store_setup
+        .open(daemon.open_tree()?)
+        .context("loading sites")?;
+
+    // 5. assemble
     let in_flight = InFlight::new();
     let (stop_accepting, accepting) = watch::channel(false);
     let (pingora_release, pingora_watch) = drain::pingora_release();
     let (service_failed, service_failure) = oneshot::channel();
     let mut server =
         Server::new_with_opt_and_conf(None::<Opt>, conf::server_conf(&daemon.settings));
-    let proxy = SiteProxy::new(routes, in_flight.clone());
+    let proxy = SiteProxy::new(store_setup.routes.clone(), in_flight.clone());
     server.add_service(ProxyService::new(
         &server.configuration,
         proxy,
@@ -100,10 +112,11 @@ fn run() -> anyhow::Result<()> {
     ));
     let phases = server.watch_execution_phase();
 
-    // 5. control
+    // 6. control
     let control = ControlPlane {
         daemon,
         grpc,
+        store_setup,
         in_flight,
         stop_accepting,
         pingora: pingora_release,
@@ -114,12 +127,12 @@ fn run() -> anyhow::Result<()> {
     .spawn(store)
     .context("starting the control thread")?;
 
-    // 6. run
+    // 7. run
     server.run(RunArgs {
         shutdown_signal: Box::new(pingora_watch),
     });
 
-    // 7. exit
+    // 8. exit
     control
         .join()
         .map_err(|_| anyhow!("the control thread panicked"))??;

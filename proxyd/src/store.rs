@@ -7,6 +7,12 @@
 //! Writers are serialised by a lock that only writers take, which makes "check the
 //! hostnames are free, write, flush, publish" atomic without stalling any reader behind a
 //! slow disk.
+//!
+//! A store can be closed and opened again within one run of proxyd (a hand-over that
+//! failed, see [`crate::tenure`]): [`StoreSetup`] keeps what it is opened with, and
+//! opening it again reloads the sites from the tree (another instance may have changed
+//! them meanwhile) and republishes the same routing table, which kept serving the proxy
+//! while the tree was closed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -54,6 +60,24 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("site store: cannot encode site: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+}
+
+/// What a site store is opened with besides its tree, kept to open it again.
+#[derive(Debug, Clone)]
+pub struct StoreSetup {
+    /// The local TLD, as the resolved settings hold it (lowercase, no trailing dot).
+    pub tld: String,
+    /// proxyd's listeners, which no site may target.
+    pub own: OwnListeners,
+    /// The routing table the proxy reads; every opening republishes it.
+    pub routes: Arc<Routes>,
+}
+
+impl StoreSetup {
+    /// Opens the site store on `db` (see [`SiteStore::open`]).
+    pub fn open(&self, db: sled::Db) -> Result<SiteStore, StoreError> {
+        SiteStore::open(db, &self.tld, self.own.clone(), self.routes.clone())
+    }
 }
 
 /// The sites by name.
@@ -353,6 +377,40 @@ mod tests {
                 .to_string(),
             "[::1]:8080"
         );
+    }
+
+    #[test]
+    fn reopening_republishes_what_the_tree_holds_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let setup = StoreSetup {
+            tld: "test".into(),
+            own: OwnListeners::default(),
+            routes: Arc::new(Routes::default()),
+        };
+        let open = || {
+            setup
+                .open(sled::Config::new().path(dir.path()).open().unwrap())
+                .unwrap()
+        };
+        let first = open();
+        first.link("old", "127.0.0.1:1", &[]).unwrap();
+        first.close().unwrap();
+        // The tree is closed; the routing table still serves.
+        let routes = &setup.routes;
+        assert_eq!(routes.snapshot().route("old.test").unwrap().site, "old");
+
+        // Another instance changes the tree meanwhile.
+        let (other, _) = store(dir.path());
+        other.unlink("old").unwrap();
+        other.link("new", "127.0.0.1:2", &[]).unwrap();
+        other.close().unwrap();
+        assert!(routes.snapshot().route("new.test").is_none());
+
+        let again = open();
+        assert!(routes.snapshot().route("old.test").is_none());
+        assert_eq!(routes.snapshot().route("new.test").unwrap().site, "new");
+        let names: Vec<_> = again.list().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["new"]);
     }
 
     #[test]

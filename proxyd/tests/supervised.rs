@@ -77,8 +77,12 @@ async fn an_inherited_blocking_listener_serves_and_readiness_follows_the_proxy()
     });
     drop(theirs);
     proxyd.http = inherited;
+    let mut commands = ours.try_clone().unwrap();
     ours.set_nonblocking(true).unwrap();
     let mut lines = BufReader::new(tokio::net::UnixStream::from_std(ours).unwrap()).lines();
+    // The hand-over: prepared first, then the tree is proxyd's to open.
+    wait_for_line(&mut lines, "PREPARED=1").await;
+    std::io::Write::write_all(&mut commands, b"ACQUIRE\n").unwrap();
 
     // READY=1 only once the proxy answers: the very next request must be served.
     let before_ready = wait_for_line(&mut lines, "READY=1").await;

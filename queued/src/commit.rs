@@ -2,9 +2,14 @@
 //!
 //! sled does not group concurrent `flush()` calls (each costs about one disk write), so
 //! callers do not flush: they apply their transaction, then wait on
-//! [`CommitHandle::durable`]. The committer thread takes every waiter queued so far, runs
-//! one `flush` (and, with a [`DiskSync`], one `fdatasync`) covering all their writes,
-//! and answers them together; waiters that arrive meanwhile form the next batch.
+//! [`CommitHandle::request`] and wait on the [`PendingCommit`]. The committer thread takes
+//! every request queued so far, runs one `flush` (and, with a [`DiskSync`], one
+//! `fdatasync`) covering all their writes, and answers them together; requests that arrive
+//! meanwhile form the next batch.
+//!
+//! [`Committer::stop`] answers every request queued before it with one last commit: a write
+//! whose commit was requested before the stop is made durable and answered, even when the
+//! tree closes right after (see [`crate::engine::Engine::close`]).
 
 use std::thread::JoinHandle;
 
@@ -21,7 +26,7 @@ pub enum CommitError {
     /// Syncing the files to the disk failed.
     #[error("syncing the queue's tree to disk: {0}")]
     Sync(String),
-    /// The committer has stopped (the daemon is shutting down).
+    /// The committer is not running (stopped, or its thread died).
     #[error("the committer has stopped")]
     Stopped,
 }
@@ -45,6 +50,10 @@ pub struct Committer {
 pub struct CommitHandle {
     tx: mpsc::UnboundedSender<Message>,
 }
+
+/// A commit asked for: resolves once the writes applied before the request are durable.
+#[derive(Debug)]
+pub struct PendingCommit(oneshot::Receiver<Result<(), CommitError>>);
 
 impl std::fmt::Debug for Message {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,13 +94,20 @@ impl Committer {
 }
 
 impl CommitHandle {
-    /// Waits until every write applied before this call is durable.
-    pub async fn durable(&self) -> Result<(), CommitError> {
+    /// Asks for every write applied before this call to be made durable, without waiting.
+    pub fn request(&self) -> Result<PendingCommit, CommitError> {
         let (waiter, answer) = oneshot::channel();
         self.tx
             .send(Message::Commit(waiter))
             .map_err(|_| CommitError::Stopped)?;
-        answer.await.unwrap_or(Err(CommitError::Stopped))
+        Ok(PendingCommit(answer))
+    }
+}
+
+impl PendingCommit {
+    /// Waits for the commit.
+    pub async fn wait(self) -> Result<(), CommitError> {
+        self.0.await.unwrap_or(Err(CommitError::Stopped))
     }
 }
 
@@ -157,14 +173,17 @@ mod tests {
             let handle = committer.handle();
             tasks.push(tokio::spawn(async move {
                 db.insert(i.to_be_bytes(), &[][..]).unwrap();
-                handle.durable().await
+                handle.request()?.wait().await
             }));
         }
         for task in tasks {
             assert_eq!(task.await.unwrap(), Ok(()));
         }
         let handle = committer.handle();
+        // Asked before the stop: answered by its last commit.
+        let before = handle.request().unwrap();
         committer.stop().await;
-        assert_eq!(handle.durable().await, Err(CommitError::Stopped));
+        assert_eq!(before.wait().await, Ok(()));
+        assert_eq!(handle.request().unwrap_err(), CommitError::Stopped);
     }
 }

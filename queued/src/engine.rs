@@ -2,8 +2,15 @@
 //! durability through the committer, and waits for jobs.
 //!
 //! Mutations run under one `std` mutex (they are short, never await, and never flush);
-//! callers that promise durability then wait for the committer outside the lock, so a
-//! batch of concurrent pushes shares one flush.
+//! callers that promise durability request their commit under the same lock and wait for
+//! it outside, so a batch of concurrent pushes shares one flush.
+//!
+//! An engine serves one tenure of the tree (see [`crate::tenure`]). Its end switch, pulled
+//! when the tenure ends (release or shutdown), ends the Reserve calls waiting at once.
+//! [`Engine::close`] then takes the store under the lock before it stops the committer: an
+//! operation either wrote and requested its commit before (the committer's last commit
+//! makes it durable and answers it) or finds the store gone and fails with
+//! [`EngineError::ShuttingDown`] without any effect: the close leaves no call half done.
 //!
 //! Durability per operation: Push, Ack and Fail answer after their write is durable.
 //! Reserve and the reaper's moves are not waited for (sled's background flusher writes
@@ -18,7 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::commit::{CommitError, CommitHandle};
+use crate::commit::{CommitError, CommitHandle, Committer, PendingCommit};
 use crate::store::{
     FailOutcome, FailedChange, FailedList, FailedSelection, NewJob, QueueStats, Reservation,
     ReservedJob, Store, StoreError,
@@ -40,8 +47,8 @@ pub enum EngineError {
     /// Nothing to reserve within the wait.
     #[error("queue {0} is empty")]
     Empty(String),
-    /// The daemon is draining or has closed its store.
-    #[error("queued is shutting down")]
+    /// The tenure is ending (hand-over or shutdown): nothing was done.
+    #[error("queued is not serving (handing over or shutting down)")]
     ShuttingDown,
 }
 
@@ -111,17 +118,12 @@ pub struct Engine {
     wakeups: Wakeups,
     reaper_wake: Notify,
     backoff: Backoff,
-    shutdown: Shutdown,
+    end: Shutdown,
 }
 
 impl Engine {
-    /// An engine over `store`; Reserve waits end when `shutdown` is requested.
-    pub fn new(
-        store: Store,
-        committer: CommitHandle,
-        backoff: Backoff,
-        shutdown: Shutdown,
-    ) -> Self {
+    /// An engine over `store`; Reserve waits end when `end` is pulled.
+    pub fn new(store: Store, committer: CommitHandle, backoff: Backoff, end: Shutdown) -> Self {
         Self {
             state: Mutex::new(State {
                 store: Some(store),
@@ -132,7 +134,7 @@ impl Engine {
             wakeups: Wakeups::default(),
             reaper_wake: Notify::new(),
             backoff,
-            shutdown,
+            end,
         }
     }
 
@@ -151,6 +153,20 @@ impl Engine {
         Ok(f(store, now)?)
     }
 
+    /// Runs the write `f` on the store (under the lock) and requests its commit before the
+    /// lock is let go, so that [`Engine::close`] cannot come in between.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Store, u64) -> Result<T, StoreError>,
+    ) -> Result<(T, PendingCommit), EngineError> {
+        let mut state = self.state();
+        let now = state.now_ms();
+        let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
+        let value = f(store, now)?;
+        let commit = self.committer.request()?;
+        Ok((value, commit))
+    }
+
     /// Enqueues a job; returns its id once it is durable.
     pub async fn push(
         &self,
@@ -159,7 +175,7 @@ impl Engine {
         delay_ms: u64,
         max_tries: u32,
     ) -> Result<u64, EngineError> {
-        let id = self.with_store(|store, now| {
+        let (id, commit) = self.write(|store, now| {
             let job = NewJob {
                 queue,
                 payload,
@@ -169,7 +185,7 @@ impl Engine {
             store.push(job, now)
         })?;
         // Handed out only once durable: a job whose push then fails never runs.
-        self.durable().await?;
+        commit.wait().await?;
         self.wakeups.wake_one(queue);
         Ok(id)
     }
@@ -215,7 +231,7 @@ impl Engine {
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(wake_at) => {}
-                _ = self.shutdown.wait() => return Err(EngineError::ShuttingDown),
+                _ = self.end.wait() => return Err(EngineError::ShuttingDown),
             }
         }
     }
@@ -236,8 +252,8 @@ impl Engine {
 
     /// Removes a reserved job; answers once that is durable.
     pub async fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), EngineError> {
-        self.with_store(|store, _| store.ack(id, attempt))?;
-        self.durable().await
+        let ((), commit) = self.write(|store, _| store.ack(id, attempt))?;
+        Ok(commit.wait().await?)
     }
 
     /// Records a failed attempt; answers once that is durable.
@@ -247,18 +263,13 @@ impl Engine {
         attempt: Option<u32>,
         error: &str,
     ) -> Result<FailOutcome, EngineError> {
-        let outcome =
-            self.with_store(|store, now| store.fail(id, attempt, error, now, &self.backoff))?;
-        self.durable().await?;
+        let (outcome, commit) =
+            self.write(|store, now| store.fail(id, attempt, error, now, &self.backoff))?;
+        commit.wait().await?;
         if let FailOutcome::Retry { queue, .. } = &outcome {
             self.wakeups.wake(queue);
         }
         Ok(outcome)
-    }
-
-    /// Waits until every write made so far is on disk.
-    async fn durable(&self) -> Result<(), EngineError> {
-        Ok(self.committer.durable().await?)
     }
 
     /// The failed list of `queue` (or all), up to about `max_bytes`.
@@ -276,8 +287,9 @@ impl Engine {
         which: &FailedSelection<'_>,
         max_tries: u32,
     ) -> Result<FailedChange, EngineError> {
-        let change = self.with_store(|store, now| store.retry_failed(which, now, max_tries))?;
-        self.durable().await?;
+        let (change, commit) =
+            self.write(|store, now| store.retry_failed(which, now, max_tries))?;
+        commit.wait().await?;
         for queue in &change.queues {
             self.wakeups.wake(queue);
         }
@@ -289,8 +301,8 @@ impl Engine {
         &self,
         which: &FailedSelection<'_>,
     ) -> Result<FailedChange, EngineError> {
-        let change = self.with_store(|store, _| store.forget_failed(which))?;
-        self.durable().await?;
+        let (change, commit) = self.write(|store, _| store.forget_failed(which))?;
+        commit.wait().await?;
         Ok(change)
     }
 
@@ -332,10 +344,13 @@ impl Engine {
         self.reaper_wake.notified().await;
     }
 
-    /// Flushes and drops the store: every later operation fails with
-    /// [`EngineError::ShuttingDown`].
-    pub fn close(&self) -> Result<(), StoreError> {
+    /// Closes the tree: takes the store (every later operation fails with
+    /// [`EngineError::ShuttingDown`] before it does anything), stops the committer (whose
+    /// last commit makes every write let through durable and answers it), then flushes and
+    /// drops the store. With the reaper stopped, no sled handle is left when this returns.
+    pub async fn close(&self, committer: Committer) -> Result<(), StoreError> {
         let store = self.state().store.take();
+        committer.stop().await;
         match store {
             Some(store) => store.flush(),
             None => Ok(()),
@@ -351,26 +366,26 @@ mod tests {
     struct Fixture {
         engine: std::sync::Arc<Engine>,
         committer: Committer,
-        shutdown: Shutdown,
-        _dir: tempfile::TempDir,
+        end: Shutdown,
+        dir: tempfile::TempDir,
     }
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
         let committer = Committer::start(db.clone(), None).unwrap();
-        let shutdown = Shutdown::new();
+        let end = Shutdown::new();
         let engine = Engine::new(
             Store::open(db).unwrap(),
             committer.handle(),
             Backoff::new(0, 0),
-            shutdown.clone(),
+            end.clone(),
         );
         Fixture {
             engine: std::sync::Arc::new(engine),
             committer,
-            shutdown,
-            _dir: dir,
+            end,
+            dir,
         }
     }
 
@@ -388,25 +403,56 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_waiting_reserve_ends_at_shutdown_and_after_close_all_fail() {
+    async fn a_waiting_reserve_ends_at_the_end_switch_and_after_close_all_fail() {
         let f = fixture();
         let engine = f.engine.clone();
         let waiter =
             tokio::spawn(async move { engine.reserve("q", 60_000, Duration::from_secs(60)).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        f.shutdown
+        f.end
             .request(securely_core::shutdown::ShutdownKind::Graceful);
         let result = tokio::time::timeout(Duration::from_secs(2), waiter)
             .await
             .expect("the wait ended promptly")
             .unwrap();
         assert!(matches!(result, Err(EngineError::ShuttingDown)));
-        f.engine.close().unwrap();
+        f.engine.close(f.committer).await.unwrap();
         assert!(matches!(
             f.engine.push("q", b"x", 0, 1).await,
             Err(EngineError::ShuttingDown)
         ));
-        f.committer.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pushes_cut_by_the_close_are_either_durable_or_without_effect() {
+        let f = fixture();
+        let pushes: Vec<_> = (0..400u32)
+            .map(|i| {
+                let engine = f.engine.clone();
+                tokio::spawn(async move {
+                    if i % 4 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                    engine.push("q", &i.to_be_bytes(), 0, 1).await
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        f.engine.close(f.committer).await.unwrap();
+        let mut acknowledged = 0u64;
+        for push in pushes {
+            match push.await.unwrap() {
+                Ok(_) => acknowledged += 1,
+                Err(EngineError::ShuttingDown) => {}
+                Err(e) => panic!("a push was half done: {e}"),
+            }
+        }
+        // Every sled handle is gone: the tree opens again (once sled's I/O threads have
+        // let go of it), with exactly the pushes acknowledged.
+        let db = securely_core::store::open_tree(f.dir.path(), Duration::from_secs(2)).unwrap();
+        let stats = Store::open(db).unwrap().stats(now_ms()).unwrap();
+        let pushed = stats.iter().map(|q| q.pushed_total).sum::<u64>();
+        assert_eq!(pushed, acknowledged);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,8 +3,10 @@
 //!
 //! Status codes: INVALID_ARGUMENT names the field; NOT_FOUND for an empty queue and for
 //! Ack/Fail of a job that is not reserved (acknowledged or failed already, or its
-//! reservation expired and the reaper handed it back); UNAVAILABLE while shutting down
-//! (retry against the next instance); INTERNAL for storage failures.
+//! reservation expired and the reaper handed it back); UNAVAILABLE when the call did
+//! nothing because this instance is handing its tree over or shutting down (a Reserve
+//! still waiting then included): retrying is safe, and reaches whichever instance serves
+//! next; INTERNAL for storage failures (a write that could not be made durable included).
 //!
 //! An Ack or Fail that arrives after the deadline but before the reaper has run (it runs
 //! at the deadline, so a window of milliseconds) still counts: nobody else holds the job.
@@ -12,6 +14,7 @@
 use std::sync::Arc;
 
 use securely_core::rpc::Access;
+use securely_core::shutdown::Shutdown;
 use securely_proto::queue::queue_server::{Queue, QueueServer};
 use securely_proto::queue::{
     AckReply, AckRequest, FailReply, FailRequest, FailedChanged, FailedJob, Job, ListFailedReply,
@@ -21,7 +24,6 @@ use securely_proto::queue::{
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
-use crate::commit::CommitError;
 use crate::engine::{Engine, EngineError};
 use crate::store::{FailOutcome, FailedChange, FailedSelection, StoreError};
 use crate::validate::{self, Invalid, Limits, ValidSelection};
@@ -39,15 +41,18 @@ pub struct QueueService {
     engine: Arc<Engine>,
     limits: Limits,
     access: Access,
+    shutdown: Shutdown,
 }
 
 impl QueueService {
-    /// A service over `engine`; mutating calls are allowed to `access`.
-    pub fn new(engine: Arc<Engine>, limits: Limits, access: Access) -> Self {
+    /// A service over `engine`; mutating calls are allowed to `access`. `shutdown` is the
+    /// daemon's (it words the answers of calls the engine refuses).
+    pub fn new(engine: Arc<Engine>, limits: Limits, access: Access, shutdown: Shutdown) -> Self {
         Self {
             engine,
             limits,
             access,
+            shutdown,
         }
     }
 
@@ -61,7 +66,14 @@ fn invalid(e: Invalid) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-fn status(e: EngineError) -> Status {
+impl QueueService {
+    /// The gRPC status for an engine error.
+    fn status(&self, e: EngineError) -> Status {
+        status(e, self.shutdown.requested().is_some())
+    }
+}
+
+fn status(e: EngineError, shutting_down: bool) -> Status {
     match e {
         EngineError::Store(StoreError::NotReserved(id)) => Status::not_found(format!(
             "job {id} is not reserved (acknowledged or failed already, or its reservation \
@@ -71,9 +83,12 @@ fn status(e: EngineError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         EngineError::Empty(queue) => Status::not_found(format!("queue {queue} is empty")),
-        EngineError::ShuttingDown | EngineError::Commit(CommitError::Stopped) => {
-            Status::unavailable("queued is shutting down; retry against the next instance")
-        }
+        EngineError::ShuttingDown if shutting_down => Status::unavailable(
+            "queued is shutting down; nothing was done: retry against the next instance",
+        ),
+        EngineError::ShuttingDown => Status::unavailable(
+            "queued is handing over to its next instance; nothing was done: retry",
+        ),
         e @ (EngineError::Store(_) | EngineError::Commit(_)) => {
             tracing::error!("{e}");
             Status::internal(e.to_string())
@@ -95,7 +110,9 @@ impl QueueService {
         self.access.authorize(&request)?;
         let SelectFailed { ids, all, queue } = request.into_inner();
         let selection = validate::failed_selection(ids, all, &queue).map_err(invalid)?;
-        let change = op(&self.engine, selection).await.map_err(status)?;
+        let change = op(&self.engine, selection)
+            .await
+            .map_err(|e| self.status(e))?;
         Ok(Response::new(FailedChanged {
             count: change.count,
             missing: change.missing,
@@ -112,7 +129,7 @@ impl Queue for QueueService {
             .engine
             .push(&push.queue, &push.payload, push.delay_ms, push.max_tries)
             .await
-            .map_err(status)?;
+            .map_err(|e| self.status(e))?;
         Ok(Response::new(PushReply { id }))
     }
 
@@ -123,7 +140,7 @@ impl Queue for QueueService {
             .engine
             .reserve(&reserve.queue, reserve.timeout_ms, reserve.wait)
             .await
-            .map_err(status)?;
+            .map_err(|e| self.status(e))?;
         Ok(Response::new(Job {
             id: job.id,
             queue: job.queue,
@@ -139,7 +156,10 @@ impl Queue for QueueService {
         self.access.authorize(&request)?;
         let id = validate::job_id(request.get_ref().id).map_err(invalid)?;
         let attempt = Some(request.get_ref().attempt).filter(|a| *a != 0);
-        self.engine.ack(id, attempt).await.map_err(status)?;
+        self.engine
+            .ack(id, attempt)
+            .await
+            .map_err(|e| self.status(e))?;
         Ok(Response::new(AckReply {}))
     }
 
@@ -153,7 +173,7 @@ impl Queue for QueueService {
             .engine
             .fail(id, attempt, &error)
             .await
-            .map_err(status)?
+            .map_err(|e| self.status(e))?
         {
             FailOutcome::Retry { at_ms, .. } => FailReply {
                 will_retry: true,
@@ -177,7 +197,7 @@ impl Queue for QueueService {
         let list = self
             .engine
             .list_failed(queue, MAX_LIST_FAILED_BYTES)
-            .map_err(status)?;
+            .map_err(|e| self.status(e))?;
         let jobs = list
             .jobs
             .into_iter()
@@ -232,7 +252,7 @@ impl Queue for QueueService {
         let queues = self
             .engine
             .stats()
-            .map_err(status)?
+            .map_err(|e| self.status(e))?
             .into_iter()
             .map(|q| QueueStats {
                 queue: q.queue,
@@ -244,5 +264,26 @@ impl Queue for QueueService {
             })
             .collect();
         Ok(Response::new(StatsReply { queues }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+    use crate::commit::CommitError;
+
+    #[test]
+    fn calls_that_did_nothing_are_unavailable_and_say_why() {
+        let handing_over = status(EngineError::ShuttingDown, false);
+        assert_eq!(handing_over.code(), Code::Unavailable);
+        assert!(handing_over.message().contains("handing over"));
+        let shutting_down = status(EngineError::ShuttingDown, true);
+        assert_eq!(shutting_down.code(), Code::Unavailable);
+        assert!(shutting_down.message().contains("shutting down"));
+        // A write whose commit is lost was done: not a call to retry blindly.
+        let lost = status(EngineError::Commit(CommitError::Stopped), false);
+        assert_eq!(lost.code(), Code::Internal);
     }
 }

@@ -1,4 +1,4 @@
-//! The supervisor's control service on `control.sock`: status, restart, stop.
+//! The supervisor's control service on `control.sock`: status, restart, reload, stop.
 
 use std::sync::Arc;
 
@@ -6,34 +6,45 @@ use securely_core::rpc::Access;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 use securely_proto::supervisor::supervisor_server::{Supervisor, SupervisorServer};
 use securely_proto::supervisor::{
-    ProcessStatus, RestartReply, RestartRequest, StatusReply, StatusRequest, StopReply, StopRequest,
+    ProcessStatus, ReloadReply, ReloadRequest, RestartReply, RestartRequest, StatusReply,
+    StatusRequest, StopReply, StopRequest,
 };
+use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::UpgradeTrigger;
 use crate::stack::Stack;
+use crate::upgrade::Upgrades;
 
 /// The control service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlService {
     stack: Arc<Stack>,
     shutdown: Shutdown,
     access: Access,
     control_socket: String,
+    upgrades: Arc<Upgrades>,
+    trigger: mpsc::Sender<UpgradeTrigger>,
 }
 
 impl ControlService {
-    /// A control service over `stack`; `Stop` pulls `shutdown`.
+    /// A control service over `stack`; `Stop` pulls `shutdown`, `Reload` sends on
+    /// `trigger` and reports from `upgrades`.
     pub fn new(
         stack: Arc<Stack>,
         shutdown: Shutdown,
         access: Access,
         control_socket: String,
+        upgrades: Arc<Upgrades>,
+        trigger: mpsc::Sender<UpgradeTrigger>,
     ) -> Self {
         Self {
             stack,
             shutdown,
             access,
             control_socket,
+            upgrades,
+            trigger,
         }
     }
 
@@ -69,6 +80,7 @@ impl Supervisor for ControlService {
         Ok(Response::new(StatusReply {
             supervisor: Some(supervisor),
             daemons,
+            upgrade: Some(self.upgrades.to_proto()),
         }))
     }
 
@@ -87,11 +99,41 @@ impl Supervisor for ControlService {
                 securely_core::DAEMONS.join(", ")
             ))
         })?;
-        match slot.restart().await {
-            Ok(pid) => Ok(Response::new(RestartReply { pid })),
+        let _guard = self
+            .stack
+            .begin(&format!("a restart of {name}"))
+            .map_err(Status::unavailable)?;
+        tracing::info!(daemon = %name, "restart requested");
+        match slot.replace(None).await {
+            Ok(replaced) => Ok(Response::new(RestartReply {
+                pid: replaced.pid,
+                old_pid: replaced.old_pid,
+            })),
             Err(reason) => Err(Status::aborted(format!(
                 "restart of {name} failed: {reason}"
             ))),
+        }
+    }
+
+    async fn reload(
+        &self,
+        request: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadReply>, Status> {
+        self.access.authorize(&request)?;
+        if self.shutdown.requested().is_some() {
+            return Err(Status::unavailable("the stack is shutting down"));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.trigger
+            .try_send(UpgradeTrigger { reply: Some(reply) })
+            .map_err(|_| Status::unavailable("busy: an upgrade is already pending"))?;
+        match answer.await {
+            Ok(Ok(id)) => Ok(Response::new(ReloadReply { id })),
+            Ok(Err(reason)) if reason.starts_with("busy") => Err(Status::unavailable(reason)),
+            Ok(Err(reason)) => Err(Status::failed_precondition(format!(
+                "upgrade refused, nothing changed: {reason}"
+            ))),
+            Err(_) => Err(Status::unavailable("the supervisor is stopping")),
         }
     }
 

@@ -1,36 +1,33 @@
-//! One daemon under supervision: start it, wait for readiness, watch it, restart it with
-//! backoff when it dies, stop it when the stack stops.
+//! One daemon under supervision: start it, hand it over to a new instance on request,
+//! restart it with backoff when it dies, stop it when the stack stops.
 //!
-//! Each slot runs as one task through named phases: **start** (spawn with the held
-//! sockets), **await readiness** (bounded by [`START_TIMEOUT`]), **run** (until the
-//! instance exits, a restart is requested or the stack stops), **backoff** (after a
-//! failure), **stop**. Every phase watches the stack's [`Shutdown`], so a stop is never
-//! lost or delayed, and a fast stop overrides a graceful one in progress.
+//! Each slot runs as one task through named phases: **hand-over** (start a new instance
+//! and move the daemon's sled tree to it, see [`crate::handover`]; after a crash or at
+//! first there is no old instance), **run** (until the instance exits, a replacement is
+//! requested, the supervisor re-executes or the stack stops), **backoff** (after a
+//! failure), **stop**. A replaced instance is **retired**: it drains on its own task,
+//! bounded by the grace period. Every phase watches the stack's [`Shutdown`], so a stop is
+//! never lost or delayed, and a fast stop overrides a graceful one in progress.
 
-use std::ops::ControlFlow;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use securely_core::readiness::Notice;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::backoff;
-use crate::child::{self, Instance};
+use crate::child::{self, Exported, Instance};
+use crate::handover::{self, HandoverError};
 use crate::sockets::DaemonSockets;
 use crate::state::{DaemonState, SlotStatus};
 
-/// How long a new instance may take to report readiness.
-pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an instance told to stop fast (SIGINT) gets before SIGKILL.
 pub const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Extra time after the grace period before a draining instance is killed.
 pub const GRACE_MARGIN: Duration = Duration::from_secs(1);
-/// Restart requests that may wait for a slot (more are answered "busy").
-const COMMAND_QUEUE: usize = 8;
 
 /// What a slot needs to start instances.
 #[derive(Debug)]
@@ -38,7 +35,7 @@ pub struct SlotSpec {
     /// `proxyd`, `dnsd` or `queued`.
     pub name: &'static str,
     /// The daemon's executable.
-    pub binary: std::path::PathBuf,
+    pub binary: PathBuf,
     /// The sockets handed to every instance.
     pub sockets: DaemonSockets,
     /// The daemon's sled tree (for status).
@@ -49,8 +46,40 @@ pub struct SlotSpec {
     pub grace: Duration,
 }
 
-/// A restart request: answered with the new pid once it is ready, or the reason.
-type RestartReply = oneshot::Sender<Result<u32, String>>;
+/// A completed hand-over.
+#[derive(Debug, Clone, Copy)]
+pub struct Replaced {
+    /// The new instance, serving.
+    pub pid: u32,
+    /// The instance it replaced, now draining (0 if none ran).
+    pub old_pid: u32,
+}
+
+/// A slot's instances, handed across an exec of the supervisor.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ExportedSlot {
+    /// The serving (or starting) instance.
+    pub current: Option<Exported>,
+    /// Replaced instances still draining.
+    pub draining: Vec<u32>,
+    /// Instances started after the first.
+    pub restarts: u32,
+    /// How the last instance ended.
+    pub last_exit: String,
+}
+
+/// What the rest of the supervisor asks of a slot.
+enum Request {
+    /// Hand the daemon over to a new instance, of `spec` when given.
+    Replace {
+        spec: Option<Arc<SlotSpec>>,
+        reply: oneshot::Sender<Result<Replaced, String>>,
+    },
+    /// Give up the instances, still running, for an exec of the supervisor.
+    Export(oneshot::Sender<ExportedSlot>),
+    /// Have the instance close its sled tree (it keeps serving what needs none).
+    Release(oneshot::Sender<()>),
+}
 
 /// The handle the rest of the supervisor holds on a slot.
 #[derive(Debug, Clone)]
@@ -58,33 +87,53 @@ pub struct Slot {
     /// `proxyd`, `dnsd` or `queued`.
     pub name: &'static str,
     status: watch::Receiver<SlotStatus>,
-    restarts: mpsc::Sender<RestartReply>,
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Request::Replace { .. } => "Replace",
+            Request::Export(_) => "Export",
+            Request::Release(_) => "Release",
+        })
+    }
 }
 
 impl Slot {
     /// Starts supervising `spec` in a new task, which ends once `shutdown` is pulled and
-    /// the instance is gone.
-    pub fn start(spec: SlotSpec, shutdown: Shutdown) -> (Self, JoinHandle<()>) {
-        let initial = SlotStatus::new(
+    /// every instance is gone (or the slot is exported). `adopted` are the instances a
+    /// previous image of the supervisor ran.
+    pub fn start(
+        spec: SlotSpec,
+        shutdown: Shutdown,
+        adopted: Option<ExportedSlot>,
+    ) -> (Self, JoinHandle<()>) {
+        let mut initial = SlotStatus::new(
             spec.sockets.urls(),
             spec.tree.clone(),
             spec.sockets.grpc_path.display().to_string(),
         );
+        if let Some(adopted) = &adopted {
+            initial.restarts = adopted.restarts;
+            initial.last_exit = adopted.last_exit.clone();
+        }
         let (status_tx, status) = watch::channel(initial);
-        let (restarts_tx, restarts) = mpsc::channel(COMMAND_QUEUE);
+        let (requests_tx, requests) = mpsc::channel(1);
         let name = spec.name;
         let supervision = Supervision {
-            spec,
-            status: status_tx,
-            restarts,
+            spec: Arc::new(spec),
+            status: Arc::new(status_tx),
+            requests,
             shutdown,
-            waiting: Vec::new(),
+            retiring: JoinSet::new(),
+            started_once: adopted.is_some(),
         };
-        let task = tokio::spawn(supervision.run());
+        let task = tokio::spawn(supervision.run(adopted));
         let slot = Self {
             name,
             status,
-            restarts: restarts_tx,
+            requests: requests_tx,
         };
         (slot, task)
     }
@@ -99,199 +148,294 @@ impl Slot {
         self.status.clone()
     }
 
-    /// Replaces the running instance; returns the new pid once it is ready.
-    pub async fn restart(&self) -> Result<u32, String> {
-        let (tx, rx) = oneshot::channel();
-        self.restarts.try_send(tx).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                format!("{} is busy with earlier restarts", self.name)
-            }
-            mpsc::error::TrySendError::Closed(_) => format!("{} is stopped", self.name),
-        })?;
-        rx.await.map_err(|_| format!("{} is stopped", self.name))?
+    /// Hands the daemon over to a new instance (of `spec` when given); answers once the
+    /// new one serves, or with the reason it failed (the old one then still serves).
+    pub async fn replace(&self, spec: Option<SlotSpec>) -> Result<Replaced, String> {
+        let (reply, answer) = oneshot::channel();
+        let spec = spec.map(Arc::new);
+        self.requests
+            .send(Request::Replace { spec, reply })
+            .await
+            .map_err(|_| format!("{} is stopped", self.name))?;
+        answer
+            .await
+            .map_err(|_| format!("{} is stopped", self.name))?
+    }
+
+    /// Has the serving instance close its sled tree, for another supervisor's daemons to
+    /// open; it serves on what needs no tree until stopped.
+    pub async fn release(&self) {
+        let (reply, answer) = oneshot::channel();
+        if self.requests.send(Request::Release(reply)).await.is_ok() {
+            let _ = answer.await;
+        }
+    }
+
+    /// Ends supervision without stopping the instances, which the next image of the
+    /// supervisor adopts.
+    pub async fn export(&self) -> Result<ExportedSlot, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Export(reply))
+            .await
+            .map_err(|_| format!("{} is stopped", self.name))?;
+        answer
+            .await
+            .map_err(|_| format!("{} is stopped", self.name))
     }
 }
 
-/// Why a phase was interrupted.
-enum Interruption {
-    /// A restart was requested.
-    Restart(RestartReply),
+/// How the run phase ended.
+enum RunEnd {
+    /// The instance exited.
+    Exited(String),
     /// The stack stops.
     Stop(ShutdownKind),
+    /// A request arrived.
+    Request(Request),
 }
 
-/// How waiting on a running (or starting) instance ended.
-enum Outcome {
-    /// `READY=1` arrived (only while awaiting readiness).
-    Ready,
-    /// The instance exited, or never became ready.
-    Failed(String),
-    /// A restart or a stop.
-    Interrupted(Interruption),
+/// How a backoff ended.
+enum AfterBackoff {
+    /// Time to start a new instance.
+    Start,
+    /// A replacement requested meanwhile started one, which serves.
+    Serving(Box<Instance>),
+    /// The slot ends (stop or export).
+    End,
 }
 
 /// The task behind a [`Slot`].
 struct Supervision {
-    spec: SlotSpec,
-    status: watch::Sender<SlotStatus>,
-    restarts: mpsc::Receiver<RestartReply>,
+    spec: Arc<SlotSpec>,
+    status: Arc<watch::Sender<SlotStatus>>,
+    requests: mpsc::Receiver<Request>,
     shutdown: Shutdown,
-    /// Restart callers waiting for the next ready instance.
-    waiting: Vec<RestartReply>,
+    /// Replaced instances, draining.
+    retiring: JoinSet<()>,
+    /// Whether an instance was started (or adopted): the next one is a restart.
+    started_once: bool,
 }
 
 impl Supervision {
-    async fn run(mut self) {
-        let mut first = true;
+    async fn run(mut self, adopted: Option<ExportedSlot>) {
+        let mut current = self.adopt(adopted);
         loop {
-            if let Some(kind) = self.shutdown.requested() {
-                self.stopped(kind);
+            if let Some(kind) = self.shutdown.requested()
+                && current.is_none()
+            {
+                self.finish(kind).await;
                 return;
             }
-            // Phase: start.
-            if !first {
-                self.status.send_modify(|s| s.restarts += 1);
-            }
-            first = false;
-            self.status.send_modify(|s| s.enter(DaemonState::Starting));
-            let fds = self.spec.sockets.fds();
-            let (mut instance, notices) =
-                match child::spawn(&self.spec.binary, &fds, &self.spec.settings_yaml) {
-                    Ok(spawned) => spawned,
-                    Err(e) => {
-                        if self.fail_and_back_off(format!("{e:#}")).await.is_break() {
-                            return;
+            let serving = match current.take() {
+                Some(instance) => instance,
+                // Phase: hand-over, from nobody (first start, or after a failure).
+                None => match self.hand_over(None, self.spec.clone()).await {
+                    Ok(instance) => instance,
+                    Err(HandoverError::Stop(kind)) => {
+                        self.finish(kind).await;
+                        return;
+                    }
+                    Err(HandoverError::Failed { reason, .. }) => {
+                        match self.fail_and_back_off(reason).await {
+                            AfterBackoff::Start => continue,
+                            AfterBackoff::Serving(new) => *new,
+                            AfterBackoff::End => return,
                         }
-                        continue;
                     }
-                };
-            tracing::info!(daemon = self.spec.name, pid = instance.pid, "started");
-            self.status.send_modify(|s| s.pid = instance.pid);
-            let mut notices = BufReader::new(notices).lines();
-
-            // Phase: await readiness.
-            match self.watch(&mut instance, &mut notices, true).await {
-                Outcome::Ready => {}
-                Outcome::Failed(reason) => {
-                    if self.fail_and_back_off(reason).await.is_break() {
-                        return;
-                    }
-                    continue;
-                }
-                Outcome::Interrupted(why) => {
-                    if self.interrupt(why, &mut instance).await.is_break() {
-                        return;
-                    }
-                    continue;
-                }
-            }
-            let ready_at = Instant::now();
-            tracing::info!(daemon = self.spec.name, pid = instance.pid, "ready");
-            self.status.send_modify(|s| {
-                s.enter(DaemonState::Ready);
-                s.ready_since = Some(ready_at);
-            });
-            for waiter in self.waiting.drain(..) {
-                let _ = waiter.send(Ok(instance.pid));
-            }
+                },
+            };
 
             // Phase: run.
-            match self.watch(&mut instance, &mut notices, false).await {
-                Outcome::Ready => unreachable!("READY is only reported while starting"),
-                Outcome::Failed(how) => {
+            let ready_at = Instant::now();
+            match self.run_instance(&serving).await {
+                RunEnd::Exited(how) => {
                     if ready_at.elapsed() >= backoff::STABLE_AFTER {
                         self.status.send_modify(|s| s.consecutive_failures = 0);
                     }
-                    if self.fail_and_back_off(how).await.is_break() {
-                        return;
+                    match self.fail_and_back_off(how).await {
+                        AfterBackoff::Start => {}
+                        AfterBackoff::Serving(new) => current = Some(*new),
+                        AfterBackoff::End => return,
                     }
                 }
-                Outcome::Interrupted(why) => {
-                    if self.interrupt(why, &mut instance).await.is_break() {
-                        return;
+                RunEnd::Stop(kind) => {
+                    self.stop_instance(&serving, kind).await;
+                    self.finish(kind).await;
+                    return;
+                }
+                RunEnd::Request(Request::Export(reply)) => {
+                    let _ = reply.send(self.export(serving));
+                    return;
+                }
+                RunEnd::Request(Request::Release(reply)) => {
+                    handover::release(self.spec.name, &serving).await;
+                    let _ = reply.send(());
+                    current = Some(serving);
+                }
+                RunEnd::Request(Request::Replace { spec, reply }) => {
+                    let spec = spec.unwrap_or_else(|| self.spec.clone());
+                    match self.hand_over(Some(&serving), spec.clone()).await {
+                        Ok(new) => {
+                            let _ = reply.send(Ok(Replaced {
+                                pid: new.pid,
+                                old_pid: serving.pid,
+                            }));
+                            self.spec = spec;
+                            self.retire(serving);
+                            current = Some(new);
+                        }
+                        Err(HandoverError::Failed { reason, old_lost }) => {
+                            let _ = reply.send(Err(reason.clone()));
+                            if old_lost {
+                                match self.fail_and_back_off(reason).await {
+                                    AfterBackoff::Start => {}
+                                    AfterBackoff::Serving(new) => current = Some(*new),
+                                    AfterBackoff::End => return,
+                                }
+                            } else {
+                                self.status.send_modify(|s| {
+                                    s.enter(DaemonState::Ready);
+                                    s.pid = serving.pid;
+                                });
+                                current = Some(serving);
+                            }
+                        }
+                        Err(HandoverError::Stop(kind)) => {
+                            let _ = reply.send(Err(format!("the stack is stopping ({kind:?})")));
+                            self.stop_instance(&serving, kind).await;
+                            self.finish(kind).await;
+                            return;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Follows an instance: its notices, its exit, restart requests and the stack's
-    /// shutdown. While `starting`, `READY=1` ends the wait and [`START_TIMEOUT`] applies.
-    async fn watch(
+    /// Takes over the instances a previous image of the supervisor ran.
+    fn adopt(&mut self, adopted: Option<ExportedSlot>) -> Option<Instance> {
+        let adopted = adopted?;
+        for pid in adopted.draining {
+            match Instance::adopt_draining(pid) {
+                Ok(instance) => self.retire_signalled(instance),
+                Err(e) => tracing::warn!(daemon = self.spec.name, pid, "cannot adopt: {e:#}"),
+            }
+        }
+        let exported = adopted.current?;
+        match Instance::adopt(exported) {
+            Ok(instance) => {
+                tracing::info!(daemon = self.spec.name, pid = instance.pid, "adopted");
+                self.status.send_modify(|s| {
+                    s.enter(DaemonState::Ready);
+                    s.pid = instance.pid;
+                    s.ready_since = Some(Instant::now());
+                });
+                Some(instance)
+            }
+            Err(e) => {
+                tracing::error!(
+                    daemon = self.spec.name,
+                    pid = exported.pid,
+                    "cannot adopt: {e:#}; starting a new instance"
+                );
+                None
+            }
+        }
+    }
+
+    /// Starts a new instance of `spec` and hands the daemon over to it from `old`.
+    async fn hand_over(
         &mut self,
-        instance: &mut Instance,
-        notices: &mut Lines<BufReader<UnixStream>>,
-        starting: bool,
-    ) -> Outcome {
-        // Only armed while starting (see the branch's guard below).
-        let deadline = tokio::time::sleep(START_TIMEOUT);
-        tokio::pin!(deadline);
+        old: Option<&Instance>,
+        spec: Arc<SlotSpec>,
+    ) -> Result<Instance, HandoverError> {
+        if old.is_none() {
+            self.status.send_modify(|s| s.enter(DaemonState::Starting));
+        }
+        if self.started_once {
+            self.status.send_modify(|s| s.restarts += 1);
+        }
+        self.started_once = true;
+        let new = handover::run(&spec, old, &self.status, &self.shutdown).await?;
+        tracing::info!(daemon = spec.name, pid = new.pid, "ready");
+        self.status.send_modify(|s| {
+            s.enter(DaemonState::Ready);
+            s.pid = new.pid;
+            s.ready_since = Some(Instant::now());
+        });
+        Ok(new)
+    }
+
+    /// Follows a serving instance until it exits, a request arrives or the stack stops.
+    async fn run_instance(&mut self, instance: &Instance) -> RunEnd {
         let mut notices_open = true;
         loop {
             tokio::select! {
-                line = notices.next_line(), if notices_open => match line {
-                    Ok(Some(line)) => match Notice::parse(&line) {
-                        Some(Notice::Ready) if starting => return Outcome::Ready,
-                        Some(Notice::Stopping) if !starting => {
-                            self.status.send_modify(|s| s.enter(DaemonState::Draining));
-                        }
-                        Some(Notice::Status(text)) => self.status.send_modify(|s| s.note = text),
-                        _ => {}
-                    },
-                    _ => notices_open = false,
+                notice = instance.next_notice(), if notices_open => match notice {
+                    Some(Notice::Stopping) => {
+                        self.status.send_modify(|s| s.enter(DaemonState::Draining));
+                    }
+                    Some(Notice::Status(text)) => self.status.send_modify(|s| s.note = text),
+                    Some(_) => {}
+                    None => notices_open = false,
                 },
-                exit = instance.child.wait() => {
-                    let how = describe_exit(exit);
-                    return Outcome::Failed(if starting {
-                        format!("exited before ready: {how}")
-                    } else {
-                        how
-                    });
-                }
-                () = &mut deadline, if starting => {
-                    kill_and_reap(instance).await;
-                    return Outcome::Failed(format!(
-                        "not ready within {}s; killed", START_TIMEOUT.as_secs()
-                    ));
-                }
-                kind = self.shutdown.wait() => {
-                    return Outcome::Interrupted(Interruption::Stop(kind));
-                }
-                Some(reply) = self.restarts.recv() => {
-                    return Outcome::Interrupted(Interruption::Restart(reply));
-                }
+                exit = instance.wait() => return RunEnd::Exited(child::describe_exit(exit)),
+                kind = self.shutdown.wait() => return RunEnd::Stop(kind),
+                Some(request) = self.requests.recv() => return RunEnd::Request(request),
             }
         }
     }
 
-    /// Carries out a restart or stop that arrived while `instance` ran. `Break` ends the
-    /// slot.
-    async fn interrupt(&mut self, why: Interruption, instance: &mut Instance) -> ControlFlow<()> {
-        match why {
-            Interruption::Stop(kind) => {
-                self.stop_instance(instance, kind).await;
-                self.stopped(kind);
-                ControlFlow::Break(())
-            }
-            Interruption::Restart(reply) => {
-                tracing::info!(
+    /// Tells a replaced instance to drain, and follows it on its own task.
+    fn retire(&mut self, instance: Instance) {
+        tracing::info!(
+            daemon = self.spec.name,
+            pid = instance.pid,
+            "draining the replaced instance"
+        );
+        instance.signal(nix::sys::signal::Signal::SIGTERM);
+        self.retire_signalled(instance);
+    }
+
+    fn retire_signalled(&mut self, instance: Instance) {
+        let pid = instance.pid;
+        self.status.send_modify(|s| s.draining.push(pid));
+        let status = self.status.clone();
+        let shutdown = self.shutdown.clone();
+        let patience = self.spec.grace + GRACE_MARGIN;
+        let name = self.spec.name;
+        self.retiring.spawn(async move {
+            let how = drain(&instance, patience, &shutdown).await;
+            tracing::info!(daemon = name, pid, "replaced instance {how}");
+            status.send_modify(|s| s.draining.retain(|p| *p != pid));
+        });
+    }
+
+    /// The instances, left running, for the next image of the supervisor.
+    fn export(&mut self, serving: Instance) -> ExportedSlot {
+        self.retiring.abort_all();
+        let status = self.status.borrow().clone();
+        let current = match serving.export() {
+            Ok(exported) => Some(exported),
+            Err(e) => {
+                tracing::error!(
                     daemon = self.spec.name,
-                    pid = instance.pid,
-                    "restart requested"
+                    "cannot hand the instance across: {e:#}"
                 );
-                self.waiting.push(reply);
-                // Requests queued meanwhile share this restart.
-                while let Ok(reply) = self.restarts.try_recv() {
-                    self.waiting.push(reply);
-                }
-                self.stop_instance(instance, ShutdownKind::Graceful).await;
-                ControlFlow::Continue(())
+                None
             }
+        };
+        ExportedSlot {
+            current,
+            draining: status.draining,
+            restarts: status.restarts,
+            last_exit: status.last_exit,
         }
     }
 
-    /// Records a failure, then waits out the backoff, still obeying restarts and stops.
-    async fn fail_and_back_off(&mut self, reason: String) -> ControlFlow<()> {
+    /// Records a failure, then waits out the backoff, still obeying requests and stops.
+    async fn fail_and_back_off(&mut self, reason: String) -> AfterBackoff {
         tracing::warn!(daemon = self.spec.name, "{reason}");
         self.status.send_modify(|s| {
             s.consecutive_failures += 1;
@@ -299,9 +443,6 @@ impl Supervision {
             s.pid = 0;
             s.ready_since = None;
         });
-        for waiter in self.waiting.drain(..) {
-            let _ = waiter.send(Err(format!("new instance failed: {reason}")));
-        }
         let failures = self.status.borrow().consecutive_failures;
         let delay = backoff::delay(failures);
         self.status.send_modify(|s| {
@@ -312,71 +453,93 @@ impl Supervision {
             });
             s.next_start_at = Some(Instant::now() + delay);
         });
-        tokio::select! {
-            () = tokio::time::sleep(delay) => ControlFlow::Continue(()),
-            kind = self.shutdown.wait() => {
-                self.stopped(kind);
-                ControlFlow::Break(())
-            }
-            Some(reply) = self.restarts.recv() => {
-                self.waiting.push(reply);
-                ControlFlow::Continue(())
+        let backoff = tokio::time::sleep(delay);
+        tokio::pin!(backoff);
+        loop {
+            tokio::select! {
+                () = &mut backoff => return AfterBackoff::Start,
+                kind = self.shutdown.wait() => {
+                    self.finish(kind).await;
+                    return AfterBackoff::End;
+                }
+                Some(request) = self.requests.recv() => match request {
+                    // A replacement now is the next start, without waiting.
+                    Request::Replace { spec, reply } => {
+                        let spec = spec.unwrap_or_else(|| self.spec.clone());
+                        return match self.hand_over(None, spec.clone()).await {
+                            Ok(new) => {
+                                let _ = reply.send(Ok(Replaced { pid: new.pid, old_pid: 0 }));
+                                self.spec = spec;
+                                AfterBackoff::Serving(Box::new(new))
+                            }
+                            Err(HandoverError::Failed { reason, .. }) => {
+                                let _ = reply.send(Err(reason.clone()));
+                                Box::pin(self.fail_and_back_off(reason)).await
+                            }
+                            Err(HandoverError::Stop(kind)) => {
+                                let _ = reply.send(Err("the stack is stopping".into()));
+                                self.finish(kind).await;
+                                AfterBackoff::End
+                            }
+                        };
+                    }
+                    Request::Release(reply) => {
+                        let _ = reply.send(());
+                    }
+                    Request::Export(reply) => {
+                        self.retiring.abort_all();
+                        let status = self.status.borrow().clone();
+                        let _ = reply.send(ExportedSlot {
+                            current: None,
+                            draining: status.draining,
+                            restarts: status.restarts,
+                            last_exit: status.last_exit,
+                        });
+                        return AfterBackoff::End;
+                    }
+                },
             }
         }
     }
 
-    fn stopped(&mut self, kind: ShutdownKind) {
+    /// The slot ends: waits for the replaced instances still draining.
+    async fn finish(&mut self, kind: ShutdownKind) {
         self.status.send_modify(|s| {
             s.enter(DaemonState::Stopped);
             s.pid = 0;
             s.ready_since = None;
         });
-        for waiter in self.waiting.drain(..) {
-            let _ = waiter.send(Err(format!("the stack is stopping ({kind:?})")));
-        }
-        self.restarts.close();
-        while let Ok(waiter) = self.restarts.try_recv() {
-            let _ = waiter.send(Err("the stack is stopping".into()));
+        tracing::debug!(
+            daemon = self.spec.name,
+            ?kind,
+            "waiting for replaced instances"
+        );
+        while self.retiring.join_next().await.is_some() {}
+        self.requests.close();
+        while let Ok(request) = self.requests.try_recv() {
+            if let Request::Replace { reply, .. } = request {
+                let _ = reply.send(Err("the stack is stopping".into()));
+            }
         }
     }
 
     /// Asks the instance to stop (SIGTERM to drain, SIGINT to stop fast) and kills it
     /// when it overstays. A fast stop of the stack during a drain turns it into a fast
     /// stop of the instance.
-    async fn stop_instance(&mut self, instance: &mut Instance, kind: ShutdownKind) {
+    async fn stop_instance(&mut self, instance: &Instance, kind: ShutdownKind) {
         use nix::sys::signal::Signal;
         self.status.send_modify(|s| s.enter(DaemonState::Draining));
-        let (signal, patience) = match kind {
-            ShutdownKind::Graceful => (Signal::SIGTERM, self.spec.grace + GRACE_MARGIN),
-            ShutdownKind::Fast => (Signal::SIGINT, FAST_STOP_TIMEOUT),
-        };
-        send_signal(instance.pid, signal);
-        let mut deadline = tokio::time::Instant::now() + patience;
-        let mut hurried = kind == ShutdownKind::Fast;
-        let shutdown = self.shutdown.clone();
-        let exit = loop {
-            tokio::select! {
-                exit = instance.child.wait() => break Some(exit),
-                () = tokio::time::sleep_until(deadline) => break None,
-                () = shutdown.wait_fast(), if !hurried => {
-                    hurried = true;
-                    send_signal(instance.pid, Signal::SIGINT);
-                    deadline = deadline.min(tokio::time::Instant::now() + FAST_STOP_TIMEOUT);
-                }
+        let patience = match kind {
+            ShutdownKind::Graceful => {
+                instance.signal(Signal::SIGTERM);
+                self.spec.grace + GRACE_MARGIN
+            }
+            ShutdownKind::Fast => {
+                instance.signal(Signal::SIGINT);
+                FAST_STOP_TIMEOUT
             }
         };
-        let how = match exit {
-            Some(exit) => describe_exit(exit),
-            None => {
-                tracing::warn!(
-                    daemon = self.spec.name,
-                    pid = instance.pid,
-                    "still running after its stop time; killing"
-                );
-                kill_and_reap(instance).await;
-                "killed after overstaying its stop".into()
-            }
-        };
+        let how = drain(instance, patience, &self.shutdown).await;
         tracing::info!(
             daemon = self.spec.name,
             pid = instance.pid,
@@ -390,30 +553,33 @@ impl Supervision {
     }
 }
 
-fn send_signal(pid: u32, signal: nix::sys::signal::Signal) {
-    if pid == 0 {
-        return;
-    }
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-}
-
-async fn kill_and_reap(instance: &mut Instance) {
-    let _ = instance.child.start_kill();
-    let _ = instance.child.wait().await;
-}
-
-/// "exited with status 1", "killed by SIGKILL", ...
-pub fn describe_exit(exit: std::io::Result<std::process::ExitStatus>) -> String {
-    use std::os::unix::process::ExitStatusExt;
+/// Waits for an instance already told to stop, for at most `patience`; a fast stop of
+/// the stack meanwhile sends SIGINT and shortens the wait; an instance that overstays is
+/// killed. Returns how it ended.
+pub async fn drain(instance: &Instance, patience: Duration, shutdown: &Shutdown) -> String {
+    use nix::sys::signal::Signal;
+    let mut deadline = tokio::time::Instant::now() + patience;
+    let mut hurried = false;
+    let exit = loop {
+        tokio::select! {
+            exit = instance.wait() => break Some(exit),
+            () = tokio::time::sleep_until(deadline) => break None,
+            () = shutdown.wait_fast(), if !hurried => {
+                hurried = true;
+                instance.signal(Signal::SIGINT);
+                deadline = deadline.min(tokio::time::Instant::now() + FAST_STOP_TIMEOUT);
+            }
+        }
+    };
     match exit {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => format!("exited with status {code}"),
-            (None, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
-                Ok(sig) => format!("killed by {sig}"),
-                Err(_) => format!("killed by signal {sig}"),
-            },
-            _ => "ended".to_string(),
-        },
-        Err(e) => format!("could not be waited for: {e}"),
+        Some(exit) => child::describe_exit(exit),
+        None => {
+            tracing::warn!(
+                pid = instance.pid,
+                "still running after its stop time; killing"
+            );
+            let _ = instance.kill().await;
+            "killed after overstaying its stop".into()
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The whole stack: one [`Slot`] per daemon, started together and stopped together.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,7 +10,7 @@ use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tokio::task::JoinHandle;
 
 use crate::child;
-use crate::slot::{Slot, SlotSpec};
+use crate::slot::{ExportedSlot, Slot, SlotSpec};
 use crate::sockets::DaemonSockets;
 use crate::state::DaemonState;
 
@@ -18,30 +20,51 @@ pub struct Stack {
     slots: Vec<Slot>,
     tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
+    /// Held by the one restart or upgrade that may run at a time; names it.
+    operation: Arc<tokio::sync::Mutex<()>>,
+    operation_name: std::sync::Mutex<String>,
+}
+
+/// The right to run a restart or an upgrade, until dropped.
+pub type OperationGuard = tokio::sync::OwnedMutexGuard<()>;
+
+/// The spec of daemon `name`'s slot under `settings`, with `sockets`.
+pub fn slot_spec(
+    settings: &Settings,
+    settings_yaml: &Arc<String>,
+    exe: &Path,
+    name: &'static str,
+    sockets: DaemonSockets,
+) -> SlotSpec {
+    SlotSpec {
+        name,
+        binary: child::binary_path(exe, name),
+        sockets,
+        tree: settings.daemon_tree(name).display().to_string(),
+        settings_yaml: settings_yaml.clone(),
+        grace: settings.grace_period(),
+    }
 }
 
 impl Stack {
     /// Starts every daemon with its sockets. The slots stop their daemons when
     /// `shutdown` is pulled; a slot that panics pulls it (fast), since its daemon would
     /// otherwise run unsupervised.
+    /// `adopted` are the instances a previous image of the supervisor ran, by daemon.
     pub fn start(
         settings: &Settings,
         daemons: Vec<(&'static str, DaemonSockets)>,
         shutdown: &Shutdown,
-    ) -> anyhow::Result<Self> {
+        exe: &Path,
+        mut adopted: HashMap<String, ExportedSlot>,
+        started: Instant,
+    ) -> Self {
         let settings_yaml = Arc::new(settings.to_yaml());
         let mut slots = Vec::new();
         let mut tasks = Vec::new();
         for (name, sockets) in daemons {
-            let spec = SlotSpec {
-                name,
-                binary: child::binary_path(name)?,
-                sockets,
-                tree: settings.daemon_tree(name).display().to_string(),
-                settings_yaml: settings_yaml.clone(),
-                grace: settings.grace_period(),
-            };
-            let (slot, task) = Slot::start(spec, shutdown.clone());
+            let spec = slot_spec(settings, &settings_yaml, exe, name, sockets);
+            let (slot, task) = Slot::start(spec, shutdown.clone(), adopted.remove(name));
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = task.await {
@@ -51,11 +74,47 @@ impl Stack {
             }));
             slots.push(slot);
         }
-        Ok(Self {
+        Self {
             slots,
             tasks: tokio::sync::Mutex::new(tasks),
-            started: Instant::now(),
-        })
+            started,
+            operation: Arc::new(tokio::sync::Mutex::new(())),
+            operation_name: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    /// Claims the right to run `what` (a restart or an upgrade): one at a time, a second
+    /// gets a "busy" error naming the one running.
+    pub fn begin(&self, what: &str) -> Result<OperationGuard, String> {
+        let mut name = self
+            .operation_name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match self.operation.clone().try_lock_owned() {
+            Ok(guard) => {
+                *name = what.to_string();
+                Ok(guard)
+            }
+            Err(_) => Err(format!(
+                "busy: {name} is in progress; try again when it is done"
+            )),
+        }
+    }
+
+    /// Ends supervision without stopping the daemons, for an exec of the supervisor:
+    /// their instances, by daemon.
+    pub async fn export(&self) -> HashMap<String, ExportedSlot> {
+        let mut exported = HashMap::new();
+        for slot in &self.slots {
+            match slot.export().await {
+                Ok(state) => {
+                    exported.insert(slot.name.to_string(), state);
+                }
+                Err(e) => tracing::warn!(daemon = slot.name, "cannot export: {e}"),
+            }
+        }
+        self.wait_stopped().await;
+        exported
     }
 
     /// The slots, in start order.
@@ -63,7 +122,7 @@ impl Stack {
         &self.slots
     }
 
-    /// When the stack started.
+    /// When the supervisor started (its first image, across upgrades).
     pub fn started(&self) -> Instant {
         self.started
     }

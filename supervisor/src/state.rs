@@ -60,6 +60,8 @@ pub struct SlotStatus {
     pub socket: String,
     /// The daemon's last `STATUS=` line.
     pub note: String,
+    /// Replaced instances still draining.
+    pub draining: Vec<u32>,
 }
 
 impl SlotStatus {
@@ -77,6 +79,7 @@ impl SlotStatus {
             tree,
             socket,
             note: String::new(),
+            draining: Vec::new(),
         }
     }
 
@@ -109,6 +112,7 @@ impl SlotStatus {
                 .next_start_at
                 .map(|t| t.saturating_duration_since(now).as_millis() as u64)
                 .unwrap_or(0),
+            draining_pids: self.draining.clone(),
         }
     }
 }

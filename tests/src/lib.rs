@@ -7,6 +7,7 @@
 
 pub mod dns;
 pub mod http;
+pub mod load;
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -92,6 +93,9 @@ pub struct StackConfig {
     pub extra_yaml: String,
     /// DNS upstreams.
     pub upstreams: Vec<String>,
+    /// Run copies of the binaries installed in the stack's own directory, so the test
+    /// may replace them (an upgrade) or break them.
+    pub own_binaries: bool,
 }
 
 impl Default for StackConfig {
@@ -99,6 +103,7 @@ impl Default for StackConfig {
         Self {
             extra_yaml: "grace_period_seconds: 5\n".into(),
             upstreams: Vec::new(),
+            own_binaries: false,
         }
     }
 }
@@ -115,6 +120,8 @@ pub struct Stack {
     pub dns: SocketAddr,
     /// The supervisor process, when started in the foreground.
     pub supervisor: Option<Child>,
+    /// Where the binaries the stack runs are.
+    pub bin_dir: PathBuf,
 }
 
 impl Stack {
@@ -141,13 +148,61 @@ impl Stack {
         );
         let config_path = dir.path().join("securely.yaml");
         std::fs::write(&config_path, yaml).expect("write config");
-        Self {
+        let bin_dir = if config.own_binaries {
+            dir.path().join("bin")
+        } else {
+            bin_dir()
+        };
+        let stack = Self {
             dir,
             config: config_path,
             http,
             dns,
             supervisor: None,
+            bin_dir,
+        };
+        if config.own_binaries {
+            stack.install_binaries();
         }
+        stack
+    }
+
+    /// Installs fresh copies of the built binaries into the stack's own `bin/` (new
+    /// files renamed over the old paths, as a package upgrade does).
+    pub fn install_binaries(&self) {
+        std::fs::create_dir_all(&self.bin_dir).expect("bin dir");
+        for name in [
+            "securely",
+            "securely-proxyd",
+            "securely-dnsd",
+            "securely-queued",
+        ] {
+            let staged = self.bin_dir.join(format!(".{name}.new"));
+            std::fs::copy(bin(name), &staged).expect("copy a binary");
+            std::fs::rename(&staged, self.bin_dir.join(name)).expect("install a binary");
+        }
+    }
+
+    /// Replaces binary `name` in the stack's own `bin/` with a script that waits
+    /// `seconds`, then runs the real one.
+    pub fn slow_binary(&self, name: &str, seconds: u32) {
+        self.script_binary(
+            name,
+            &format!("sleep {seconds}\nexec '{}' \"$@\"\n", bin(name).display()),
+        );
+    }
+
+    /// Replaces binary `name` in the stack's own `bin/` with a script that fails at once.
+    pub fn break_binary(&self, name: &str) {
+        self.script_binary(name, "echo 'broken build' >&2\nexit 3\n");
+    }
+
+    fn script_binary(&self, name: &str, body: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let staged = self.bin_dir.join(format!(".{name}.new"));
+        std::fs::write(&staged, format!("#!/bin/sh\n{body}")).expect("write");
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&staged, self.bin_dir.join(name)).expect("install a broken binary");
     }
 
     /// Starts a stack in the foreground and waits until every daemon is ready.
@@ -159,7 +214,7 @@ impl Stack {
     pub fn start_with(config: StackConfig) -> Self {
         let mut stack = Self::prepare(config);
         let log = std::fs::File::create(stack.log_path()).expect("log file");
-        let mut command = Command::new(bin("securely"));
+        let mut command = Command::new(stack.bin_dir.join("securely"));
         command
             .arg("-c")
             .arg(&stack.config)

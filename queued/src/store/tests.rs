@@ -302,7 +302,10 @@ fn everything_survives_a_reopen_and_ids_are_not_reused() {
         store.flush().unwrap();
         (first, reserved)
     };
-    let store = Store::open(sled::Config::new().path(dir.path()).open().unwrap()).unwrap();
+    let store = Store::open(
+        securely_core::store::open_tree(dir.path(), std::time::Duration::from_secs(2)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(reserved.id, first);
     assert_eq!(
         store.next_deadline().unwrap(),

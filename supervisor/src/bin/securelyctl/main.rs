@@ -41,6 +41,9 @@ enum Command {
         /// proxyd, dnsd or queued.
         daemon: String,
     },
+    /// Upgrade the whole stack in place to the installed binaries and the settings file
+    /// (like SIGQUIT), and wait for the result.
+    Reload,
     /// Stop the whole stack and wait until it is gone.
     Stop {
         /// Stop at once instead of letting in-flight work finish (like SIGINT).
@@ -218,6 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Status { json } => stack::status(&target, json).await,
         Command::Restart { daemon } => stack::restart(&target, &daemon).await,
+        Command::Reload => stack::reload(&target).await,
         Command::Stop { fast, no_wait } => stack::stop(&target, fast, no_wait).await,
         Command::SiteLink {
             name,

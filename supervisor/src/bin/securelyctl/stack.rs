@@ -1,7 +1,10 @@
-//! `status`, `restart`, `stop`: the supervisor's commands.
+//! `status`, `restart`, `reload`, `stop`: the supervisor's commands.
 
 use securely_proto::supervisor::supervisor_client::SupervisorClient;
-use securely_proto::supervisor::{ProcessStatus, RestartRequest, StatusRequest, StopRequest};
+use securely_proto::supervisor::{
+    ProcessStatus, ReloadRequest, RestartRequest, StatusReply, StatusRequest, StopRequest,
+    UpgradeStatus,
+};
 use std::time::Duration;
 
 use serde_json::json;
@@ -10,18 +13,24 @@ use crate::errors;
 use crate::output;
 use crate::target::Target;
 
-pub async fn status(target: &Target, as_json: bool) -> anyhow::Result<()> {
+async fn fetch_status(target: &Target) -> anyhow::Result<StatusReply> {
     let mut client = SupervisorClient::new(target.supervisor().await?);
-    let reply = client
+    Ok(client
         .status(StatusRequest {})
         .await
         .map_err(|s| errors::rpc("supervisor", s))?
-        .into_inner();
+        .into_inner())
+}
+
+pub async fn status(target: &Target, as_json: bool) -> anyhow::Result<()> {
+    let reply = fetch_status(target).await?;
     let supervisor = reply.supervisor.unwrap_or_default();
     if as_json {
+        let upgrade = reply.upgrade.unwrap_or_default();
         output::json(&json!({
             "supervisor": process_json(&supervisor),
             "daemons": reply.daemons.iter().map(process_json).collect::<Vec<_>>(),
+            "upgrade": if upgrade.id == 0 { serde_json::Value::Null } else { upgrade_json(&upgrade) },
         }));
         return Ok(());
     }
@@ -84,7 +93,12 @@ fn process_json(p: &ProcessStatus) -> serde_json::Value {
         "last_exit": if p.last_exit.is_empty() { serde_json::Value::Null } else { json!(p.last_exit) },
         "consecutive_failures": p.consecutive_failures,
         "next_start_in_ms": p.next_start_in_ms,
+        "draining_pids": p.draining_pids,
     })
+}
+
+fn upgrade_json(u: &UpgradeStatus) -> serde_json::Value {
+    json!({ "id": u.id, "state": u.state, "detail": u.detail, "took_ms": u.took_ms })
 }
 
 pub async fn restart(target: &Target, daemon: &str) -> anyhow::Result<()> {
@@ -96,8 +110,68 @@ pub async fn restart(target: &Target, daemon: &str) -> anyhow::Result<()> {
         .await
         .map_err(|s| errors::rpc("supervisor", s))?
         .into_inner();
-    println!("{daemon} restarted (pid {})", reply.pid);
+    match reply.old_pid {
+        0 => println!("{daemon} restarted (pid {})", reply.pid),
+        old => println!(
+            "{daemon} restarted (pid {}; pid {old} finishes its in-flight work)",
+            reply.pid
+        ),
+    }
     Ok(())
+}
+
+/// How often `reload` looks at the upgrade's progress.
+const RELOAD_POLL: Duration = Duration::from_millis(50);
+/// How long `reload` follows an upgrade (each daemon's hand-over is bounded by the
+/// supervisor; this only guards against a supervisor that stops answering).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub async fn reload(target: &Target) -> anyhow::Result<()> {
+    let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
+    let id = client
+        .reload(ReloadRequest {})
+        .await
+        .map_err(|s| errors::rpc("supervisor", s))?
+        .into_inner()
+        .id;
+    // The supervisor re-executes now: follow the upgrade over new connections.
+    let give_up = tokio::time::Instant::now() + RELOAD_TIMEOUT;
+    let mut last_error = String::new();
+    while tokio::time::Instant::now() < give_up {
+        tokio::time::sleep(RELOAD_POLL).await;
+        let upgrade = match upgrade_status(target).await {
+            Ok(upgrade) => upgrade,
+            Err(e) => {
+                last_error = format!("{e:#}");
+                continue;
+            }
+        };
+        if upgrade.id != id || upgrade.state == "running" {
+            continue;
+        }
+        if upgrade.state == "done" {
+            println!(
+                "reloaded in {}: {}",
+                output::duration_ms(upgrade.took_ms),
+                upgrade.detail
+            );
+            return Ok(());
+        }
+        anyhow::bail!("reload failed: {}", upgrade.detail);
+    }
+    anyhow::bail!(
+        "reload: no result within {}s{}",
+        RELOAD_TIMEOUT.as_secs(),
+        if last_error.is_empty() {
+            String::new()
+        } else {
+            format!(" (last error: {last_error})")
+        }
+    )
+}
+
+async fn upgrade_status(target: &Target) -> anyhow::Result<UpgradeStatus> {
+    Ok(fetch_status(target).await?.upgrade.unwrap_or_default())
 }
 
 /// How often `stop` looks whether the supervisor is gone.

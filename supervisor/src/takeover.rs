@@ -1,0 +1,187 @@
+//! pingora's documented upgrade path: a new supervisor started by hand with `-u` waits on
+//! `upgrade_sock`; SIGQUIT to the running one sends it every listening socket over that
+//! socket (SCM_RIGHTS), with a description of each. The old supervisor then has its
+//! daemons close their sled trees (so the new daemons open them at once), drains and
+//! exits, leaving the socket files and the pid file to the new one.
+//!
+//! Unlike pingora, a send that fails leaves the old supervisor serving, and UDP sockets
+//! travel too.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::sockets::{CarriedSocket, CarriedSockets};
+
+/// How long `-u` waits for the running supervisor's SIGQUIT.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(300);
+/// How long each side waits for the other once connected.
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most sockets one message carries (the kernel's SCM_MAX_FD is 253).
+const MAX_SOCKETS: usize = 253;
+/// The largest description accepted.
+const MAX_DESCRIPTION: usize = 1 << 20;
+/// What the new supervisor answers once it holds the sockets.
+const ACK: &[u8] = b"OK";
+
+/// New side (`-u`): waits on `path` for the running supervisor to send its sockets.
+pub fn receive(path: &Path) -> anyhow::Result<CarriedSockets> {
+    let listener = securely_core::bind::unix(path)
+        .with_context(|| format!("upgrade_sock: binding {}", path.display()))?;
+    let _cleanup = RemoveOnDrop(path);
+    eprintln!(
+        "securely: waiting on {} for the running supervisor's sockets (send it SIGQUIT)",
+        path.display()
+    );
+    let stream = accept_within(&listener, TAKEOVER_WAIT)
+        .with_context(|| format!("upgrade_sock: no sockets arrived on {}", path.display()))?;
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+    let mut description = vec![0u8; MAX_DESCRIPTION];
+    let mut space = nix::cmsg_space!([RawFd; MAX_SOCKETS]);
+    let (len, fds) = {
+        let mut iov = [IoSliceMut::new(&mut description)];
+        let message = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .context("upgrade_sock: receiving the sockets")?;
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for cmsg in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: the kernel just installed these fds in this process.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        (message.bytes, fds)
+    };
+    let mut carried: CarriedSockets = serde_json::from_slice(&description[..len])
+        .context("upgrade_sock: reading the sockets' description")?;
+    if carried.sockets.len() != fds.len() {
+        bail!(
+            "upgrade_sock: {} sockets described, {} received",
+            carried.sockets.len(),
+            fds.len()
+        );
+    }
+    // Each socket's `fd` was its index in the message: make it the fd received.
+    for (socket, fd) in carried.sockets.iter_mut().zip(fds) {
+        socket.fd = fd.as_raw_fd();
+        std::mem::forget(fd);
+    }
+    (&stream)
+        .write_all_ack()
+        .context("upgrade_sock: acknowledging")?;
+    Ok(carried)
+}
+
+/// Old side (SIGQUIT): sends `sockets` to a `-u` supervisor waiting on `path`. `Ok(false)`
+/// when none waits there.
+pub fn offer(path: &Path, sockets: &CarriedSockets) -> anyhow::Result<bool> {
+    let stream = match UnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(e).context(format!("upgrade_sock: connecting to {}", path.display())),
+    };
+    if sockets.sockets.len() > MAX_SOCKETS {
+        bail!(
+            "upgrade_sock: {} sockets are more than one message carries",
+            sockets.sockets.len()
+        );
+    }
+    let fds: Vec<RawFd> = sockets.sockets.iter().map(|s| s.fd).collect();
+    let described = CarriedSockets {
+        sockets: sockets
+            .sockets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| CarriedSocket {
+                fd: i as RawFd,
+                ..s.clone()
+            })
+            .collect(),
+        files: sockets.files.clone(),
+    };
+    let description = serde_json::to_vec(&described)?;
+    stream.set_write_timeout(Some(EXCHANGE_TIMEOUT))?;
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(&description)],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("upgrade_sock: sending the sockets")?;
+    if sent != description.len() {
+        bail!("upgrade_sock: the description was cut short");
+    }
+    let mut ack = [0u8; 2];
+    std::io::Read::read_exact(&mut &stream, &mut ack)
+        .context("upgrade_sock: the new supervisor did not acknowledge")?;
+    if ack != ACK {
+        bail!("upgrade_sock: unexpected answer from the new supervisor");
+    }
+    Ok(true)
+}
+
+trait WriteAck {
+    fn write_all_ack(self) -> std::io::Result<()>;
+}
+
+impl WriteAck for &UnixStream {
+    fn write_all_ack(mut self) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self, ACK)
+    }
+}
+
+fn accept_within(listener: &UnixListener, wait: Duration) -> anyhow::Result<UnixStream> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let give_up = Instant::now() + wait;
+    loop {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("nothing within {}s", wait.as_secs());
+        }
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let timeout =
+            PollTimeout::try_from(left.min(Duration::from_secs(1))).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(0) => continue,
+            Ok(_) => {
+                let (stream, _) = listener.accept()?;
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Removes the socket file when `-u` is done with it, whatever the outcome.
+struct RemoveOnDrop<'a>(&'a Path);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
