@@ -38,11 +38,6 @@ impl StopSignal {
         (switch, Self(signal))
     }
 
-    /// Whether the stop was requested.
-    pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
     /// Resolves once the stop is requested (or its switch is gone).
     pub async fn requested(&mut self) {
         let _ = self.0.wait_for(|stop| *stop).await;
@@ -115,7 +110,9 @@ impl DnsServer {
                 match ended {
                     Ok(Ok(())) => {}
                     Ok(Err(error)) => tracing::warn!(%error, "a DNS socket failed while draining"),
-                    Err(error) => tracing::warn!(%error, "a DNS serving loop failed while draining"),
+                    Err(error) => {
+                        tracing::warn!(%error, "a DNS serving loop failed while draining")
+                    }
                 }
             }
         };

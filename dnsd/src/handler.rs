@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hickory_proto::op::{
-    Edns, Header, HeaderCounts, LowerQuery, Metadata, MessageType, OpCode, ResponseCode,
+    Edns, Header, HeaderCounts, LowerQuery, MessageType, Metadata, OpCode, ResponseCode,
 };
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
@@ -32,7 +32,7 @@ use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::sync::Semaphore;
 
 use crate::forward::Forwarder;
-use crate::incoming::{self, Incoming};
+use crate::incoming::{self, NotARequest};
 use crate::local_zone::LocalZone;
 use crate::localhost;
 use crate::reply::Reply;
@@ -59,7 +59,7 @@ pub enum Handled {
     Reply,
     /// The question goes to the upstreams: [`DnsHandler::forwarded`], then
     /// [`DnsHandler::encode`].
-    Forward(Request),
+    Forward(Box<Request>),
 }
 
 /// What to answer to a request, as far as it is known without waiting.
@@ -111,19 +111,19 @@ impl DnsHandler {
         out: &mut Vec<u8>,
     ) -> Handled {
         let request = match incoming::read(message, src, protocol) {
-            Incoming::Dropped => return Handled::Dropped,
-            Incoming::Malformed(header) => {
+            Ok(request) => request,
+            Err(NotARequest::Dropped) => return Handled::Dropped,
+            Err(NotARequest::Malformed(header)) => {
                 incoming::encode_error(&header, ResponseCode::FormErr, out);
                 return Handled::Reply;
             }
-            Incoming::Request(request) => request,
         };
         match self.answer_at_once(&request) {
             Answer::Now(reply) => {
                 self.encode(&request, reply, out);
                 Handled::Reply
             }
-            Answer::Forward => Handled::Forward(request),
+            Answer::Forward => Handled::Forward(Box::new(request)),
         }
     }
 

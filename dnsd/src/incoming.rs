@@ -14,32 +14,27 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, B
 use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 
-/// What a message received calls for.
+/// Why a message received is not a request to answer.
 #[derive(Debug)]
-pub enum Incoming {
+pub enum NotARequest {
     /// Nothing is sent back: shorter than a header, or a response.
     Dropped,
     /// The header parsed but the rest did not: FORMERR to this header.
     Malformed(Header),
-    /// A message to answer.
-    Request(Request),
 }
 
-/// Reads `message`, received from `src` over `protocol`.
-pub fn read(message: &[u8], src: SocketAddr, protocol: Protocol) -> Incoming {
+/// Reads `message`, received from `src` over `protocol`, as a request.
+pub fn read(message: &[u8], src: SocketAddr, protocol: Protocol) -> Result<Request, NotARequest> {
     let Ok(header) = Header::read(&mut BinDecoder::new(message)) else {
-        return Incoming::Dropped;
+        return Err(NotARequest::Dropped);
     };
     if header.metadata.message_type == MessageType::Response {
-        return Incoming::Dropped;
+        return Err(NotARequest::Dropped);
     }
-    match Request::from_bytes(message.to_vec(), src, protocol) {
-        Ok(request) => Incoming::Request(request),
-        Err(error) => {
-            tracing::debug!(%src, id = header.metadata.id, %error, "malformed message; FORMERR");
-            Incoming::Malformed(header)
-        }
-    }
+    Request::from_bytes(message.to_vec(), src, protocol).map_err(|error| {
+        tracing::debug!(%src, id = header.metadata.id, %error, "malformed message; FORMERR");
+        NotARequest::Malformed(header)
+    })
 }
 
 /// Encodes into `out` (emptied first) a reply to `request` that carries only `code`:
@@ -84,30 +79,28 @@ mod tests {
 
     #[test]
     fn queries_parse_and_short_messages_and_responses_are_dropped() {
-        assert!(matches!(
-            read(&query_bytes(), src(), Protocol::Udp),
-            Incoming::Request(_)
-        ));
+        assert!(read(&query_bytes(), src(), Protocol::Udp).is_ok());
         assert!(matches!(
             read(&query_bytes()[..11], src(), Protocol::Udp),
-            Incoming::Dropped
+            Err(NotARequest::Dropped)
         ));
         let mut response = query_bytes();
         response[2] |= 0x80; // QR
         assert!(matches!(
             read(&response, src(), Protocol::Udp),
-            Incoming::Dropped
+            Err(NotARequest::Dropped)
         ));
         // Even a malformed response gets nothing back.
         assert!(matches!(
             read(&response[..12], src(), Protocol::Udp),
-            Incoming::Dropped
+            Err(NotARequest::Dropped)
         ));
     }
 
     #[test]
     fn a_header_without_its_question_gets_formerr_with_its_id() {
-        let Incoming::Malformed(header) = read(&query_bytes()[..12], src(), Protocol::Tcp) else {
+        let Err(NotARequest::Malformed(header)) = read(&query_bytes()[..12], src(), Protocol::Tcp)
+        else {
             panic!("expected a malformed message");
         };
         let mut out = Vec::new();

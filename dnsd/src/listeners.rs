@@ -1,21 +1,13 @@
 //! The DNS sockets: inherited from the supervisor (`dns-udp`, `dns-tcp`, any number of
-//! each), or bound from `dns.listen` when dnsd runs standalone.
+//! each), or bound from `dns.listen` when dnsd runs standalone. An inherited socket is
+//! shared with the other instance during a hand-over: both read it until one stops.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::time::Duration;
 
-use hickory_server::Server;
-use hickory_server::server::RequestHandler;
 use securely_core::bind;
 use securely_core::daemon::Daemon;
 use securely_core::listen_fds::names;
-
-/// How long a TCP connection may stay idle between questions (RFC 7766 section 6.2.3
-/// asks for seconds, not minutes).
-pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Replies queued per TCP connection before its writer applies back-pressure.
-const TCP_RESPONSE_BUFFER: usize = 32;
 
 /// Why the DNS sockets could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -91,27 +83,33 @@ impl DnsSockets {
             .collect()
     }
 
-    /// Hands every socket to `server`. Must run inside the tokio runtime.
-    pub fn register<H: RequestHandler>(self, server: &mut Server<H>) -> Result<(), ListenError> {
-        for socket in self.udp {
-            let what = describe_socket("UDP", socket.local_addr());
-            socket
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::UdpSocket::from_std(socket))
-                .map(|socket| server.register_socket(socket))
-                .map_err(|source| ListenError::Socket { what, source })?;
-        }
-        for listener in self.tcp {
-            let what = describe_socket("TCP", listener.local_addr());
-            listener
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::TcpListener::from_std(listener))
-                .map(|listener| {
-                    server.register_listener(listener, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER)
-                })
-                .map_err(|source| ListenError::Socket { what, source })?;
-        }
-        Ok(())
+    /// The sockets as tokio's, to serve. Must run inside the tokio runtime.
+    pub fn into_tokio(
+        self,
+    ) -> Result<(Vec<tokio::net::UdpSocket>, Vec<tokio::net::TcpListener>), ListenError> {
+        let udp = self
+            .udp
+            .into_iter()
+            .map(|socket| {
+                let what = describe_socket("UDP", socket.local_addr());
+                socket
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::UdpSocket::from_std(socket))
+                    .map_err(|source| ListenError::Socket { what, source })
+            })
+            .collect::<Result<_, _>>()?;
+        let tcp = self
+            .tcp
+            .into_iter()
+            .map(|listener| {
+                let what = describe_socket("TCP", listener.local_addr());
+                listener
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(listener))
+                    .map_err(|source| ListenError::Socket { what, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((udp, tcp))
     }
 }
 

@@ -2,13 +2,14 @@
 //!
 //! Every name under `dns.tld` resolves to the configured addresses, explicit records
 //! (set over gRPC, kept in sled) override that per name, `localhost` is answered
-//! locally, and other names go to `dns.upstreams` (or are refused).
+//! locally, and other names go to `dns.upstreams` (or are refused). DNS is served by
+//! dnsd's own loops, one per socket ([`serve_udp`], [`serve_tcp`]), with hickory's types
+//! for the messages and hickory-resolver for forwarding.
 //!
 //! The process runs in named phases:
 //! 1. **start** — settings, logging, inherited fds.
 //! 2. **prepare** — the tokio runtime, signal handling, the DNS sockets, the forwarder,
-//!    the zone and the DNS server (no socket registered yet): everything that needs no
-//!    sled tree.
+//!    the zone and the handler: everything that needs no sled tree.
 //! 3. **await turn** — under the supervisor, report `PREPARED=1` and wait for `ACQUIRE`
 //!    (the instance replaced has released the tree by then); standalone, go on at once.
 //! 4. **open the record store** — open the tree (retrying while the previous process's
@@ -19,7 +20,11 @@
 //!    commands (see [`control_plane`]): on `RELEASE` gRPC stops and the tree closes while
 //!    DNS goes on answering from the in-memory records; on `RESUME` the tree reopens, the
 //!    records reload and gRPC serves again.
-//! 7. **stop** — drain (graceful) or stop (fast) DNS, and gRPC unless released.
+//! 7. **stop** — graceful: drain DNS (see [`dns_server`]: stop reading and accepting
+//!    first, so that the instance that took over the shared sockets gets everything
+//!    from then on, then answer every question already taken and close the TCP
+//!    connections cleanly, within the grace period), then stop gRPC unless released.
+//!    Fast: drop DNS and gRPC at once.
 //! 8. **close the record store** (if it is attached), exit 0.
 //!
 //! A shutdown request before the store is open ends the process cleanly without
@@ -27,8 +32,10 @@
 
 mod admin;
 mod control_plane;
+mod dns_server;
 mod forward;
 mod handler;
+mod incoming;
 mod listeners;
 mod local_zone;
 mod localhost;
@@ -36,19 +43,20 @@ mod record_spec;
 mod records;
 mod reply;
 mod reply_size;
+mod serve_tcp;
+mod serve_udp;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use hickory_server::Server;
 use securely_core::daemon::Daemon;
-use securely_core::drain::InFlight;
 use securely_core::shutdown::ShutdownKind;
 use tokio::time::Instant;
 
 use crate::control_plane::{ControlPlane, Summary};
+use crate::dns_server::DnsServer;
 use crate::forward::Forwarder;
 use crate::handler::{DnsHandler, FORWARD_SLOTS};
 use crate::listeners::DnsSockets;
@@ -58,16 +66,11 @@ use crate::records::RecordStore;
 
 /// The daemon's name (socket `dnsd.sock`, tree `<data_dir>/dnsd`).
 const NAME: &str = "dnsd";
-/// The log filter when `SECURELY_LOG` is unset: hickory-server logs every query at
-/// `info`, which is a query log rather than a service log.
-const DEFAULT_LOG_FILTER: &str = "info,hickory_server=warn";
-/// How long hickory's listener tasks get to wind down once told to stop.
-const DNS_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the runtime waits for tasks still running when the serving phase ends.
 const RUNTIME_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let daemon = match Daemon::start_with_log_filter(NAME, DEFAULT_LOG_FILTER) {
+    let daemon = match Daemon::start(NAME) {
         Ok(daemon) => daemon,
         Err(error) => return fail(anyhow!(error)),
     };
@@ -137,14 +140,7 @@ async fn serve(
         listeners: sockets.describe(),
         forwarding,
     };
-    let in_flight = InFlight::new();
-    let mut dns = Server::new(DnsHandler::new(
-        zone,
-        forwarder,
-        settings.dns.ttl,
-        in_flight.clone(),
-        FORWARD_SLOTS,
-    ));
+    let handler = DnsHandler::new(zone, forwarder, settings.dns.ttl, FORWARD_SLOTS);
 
     // Phase: await turn.
     if !daemon.await_turn().await {
@@ -159,7 +155,7 @@ async fn serve(
 
     // Phase: serve (DNS, gRPC, ready). The gRPC socket is taken only now: standalone,
     // binding it fails while another instance runs, which must first let go of the tree.
-    sockets.register(&mut dns)?;
+    let mut dns = DnsServer::start(sockets, handler)?;
     let grpc_listener = daemon.grpc_listener()?;
     let mut plane = ControlPlane::new(store, names, grpc_listener, summary);
     plane.serve(&daemon)?;
@@ -169,9 +165,7 @@ async fn serve(
         let command = tokio::select! {
             kind = daemon.shutdown.wait() => break kind,
             ended = plane.ended() => return Err(anyhow!("gRPC server stopped: {ended}")),
-            ended = dns.block_until_done() => {
-                return Err(anyhow!("DNS server stopped: {}", ended.map_or_else(|e| e.to_string(), |()| "no socket left".into())));
-            }
+            failed = dns.failed() => return Err(anyhow!("DNS server stopped: {failed}")),
             command = daemon.next_command() => command,
         };
         if let Err(error) = plane.obey(&daemon, command).await {
@@ -185,7 +179,7 @@ async fn serve(
     match kind {
         ShutdownKind::Graceful => {
             let deadline = Instant::now() + daemon.settings.grace_period();
-            drain_dns(&daemon, &mut dns, &in_flight, deadline).await;
+            dns.drain(deadline, daemon.shutdown.wait_fast()).await;
             plane.stop(&daemon, deadline).await;
         }
         ShutdownKind::Fast => {
@@ -195,28 +189,4 @@ async fn serve(
         }
     }
     Ok(())
-}
-
-/// Finishes the questions in flight (new ones are still answered meanwhile, since
-/// hickory cannot stop reading without aborting its tasks), then closes the sockets.
-async fn drain_dns(
-    daemon: &Daemon,
-    dns: &mut Server<DnsHandler>,
-    in_flight: &InFlight,
-    deadline: Instant,
-) {
-    tracing::info!(in_flight = in_flight.count(), "draining DNS");
-    tokio::select! {
-        () = in_flight.idle() => {}
-        () = tokio::time::sleep_until(deadline) => {
-            tracing::warn!(in_flight = in_flight.count(), "grace period over; dropping the questions left");
-        }
-        () = daemon.shutdown.wait_fast() => tracing::info!("fast stop requested while draining"),
-    }
-    dns.shutdown_token().cancel();
-    match tokio::time::timeout(DNS_STOP_TIMEOUT, dns.block_until_done()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "DNS server stopped with an error"),
-        Err(_) => tracing::warn!("DNS listeners did not stop in time; abandoning them"),
-    }
 }

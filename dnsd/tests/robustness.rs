@@ -54,7 +54,7 @@ fn malformed_packets_get_formerr_or_silence() {
     );
 
     // A header that promises a question which is not there: the header parses, so
-    // hickory answers FORMERR.
+    // dnsd answers FORMERR.
     let mut promised = query("x.test.", RecordType::A).to_vec().unwrap();
     promised.truncate(12);
     formerr(

@@ -192,6 +192,20 @@ impl Stack {
         );
     }
 
+    /// Replaces binary `name` in the stack's own `bin/` with a stand-in that runs the real
+    /// one and passes its hand-over lines through, but dies (status 1) when told
+    /// `ACQUIRE`: the hand-over then fails after the old instance released its tree.
+    pub fn dies_on_acquire_binary(&self, name: &str) {
+        let real = bin(name);
+        self.script_binary(
+            name,
+            &format!(
+                "exec python3 - \"$@\" <<'EOF'\n{}\nEOF\n",
+                DIES_ON_ACQUIRE.replace("{REAL}", &real.display().to_string())
+            ),
+        );
+    }
+
     /// Replaces binary `name` in the stack's own `bin/` with a script that fails at once.
     pub fn break_binary(&self, name: &str) {
         self.script_binary(name, "echo 'broken build' >&2\nexit 3\n");
@@ -417,6 +431,37 @@ impl Drop for Stack {
         }
     }
 }
+
+/// The stand-in of [`Stack::dies_on_acquire_binary`]: the real daemon gets a socket pair
+/// of ours in place of the supervisor's notification socket; its lines go up as they are,
+/// the supervisor's go down until `ACQUIRE`, which kills it.
+const DIES_ON_ACQUIRE: &str = r#"
+import os, socket, subprocess, sys
+fd = int(os.environ["SECURELY_NOTIFY_FD"])
+supervisor = socket.socket(fileno=os.dup(fd))
+ours, theirs = socket.socketpair()
+os.dup2(theirs.fileno(), fd)
+daemon = subprocess.Popen(["{REAL}"] + sys.argv[1:], pass_fds=range(3, fd + 1))
+os.close(fd)
+theirs.close()
+import selectors
+sel = selectors.DefaultSelector()
+sel.register(ours, selectors.EVENT_READ)
+sel.register(supervisor, selectors.EVENT_READ)
+while True:
+    for key, _ in sel.select():
+        data = key.fileobj.recv(4096)
+        if not data:
+            daemon.kill()
+            sys.exit(1)
+        if key.fileobj is ours:
+            supervisor.sendall(data)
+        elif b"ACQUIRE" in data:
+            daemon.kill()
+            sys.exit(1)
+        else:
+            ours.sendall(data)
+"#;
 
 /// Whether a process with this pid exists (and is not a zombie).
 pub fn alive(pid: u32) -> bool {

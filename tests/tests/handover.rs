@@ -270,3 +270,89 @@ async fn pingoras_upgrade_path_hands_the_sockets_to_a_supervisor_started_with_u(
     let reply = http::get(stack.http, "app.test", "/").await.unwrap();
     assert_eq!(reply.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_instance_that_dies_after_the_release_hands_the_tree_back() {
+    let (stack, _backend, load) = loaded(own_binaries()).await;
+    stack.ctl_ok(&["dns:set", "kept.test", "A", "10.0.0.7"]);
+    for daemon in ["proxyd", "dnsd", "queued"] {
+        let old = stack.ready_pid(daemon).unwrap();
+        stack.dies_on_acquire_binary(&format!("securely-{daemon}"));
+        let out = stack.ctl(&["restart", daemon]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("exited before ready"), "{err}");
+        // The old instance took its tree back and serves, gRPC included.
+        assert_eq!(
+            stack.ready_pid(daemon),
+            Some(old),
+            "the old {daemon} serves on"
+        );
+    }
+    let records = stack.ctl_ok(&["dns:list"]);
+    assert!(records.contains("10.0.0.7"), "{records}");
+    stack.ctl_ok(&["site:list"]);
+    stack.ctl_ok(&["queue:stats"]);
+    let report = load.finish().await;
+    assert_clean(&stack, &report);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_binds_the_listeners_the_settings_add_and_closes_those_they_drop() {
+    let stack = Stack::start_with(own_binaries());
+    let backend = http::Backend::start().await;
+    stack.ctl_ok(&["site:link", "app", &backend.addr.to_string()]);
+    let extra: std::net::SocketAddr = format!("127.0.0.1:{}", securely_tests::free_port())
+        .parse()
+        .unwrap();
+    let original = std::fs::read_to_string(&stack.config).unwrap();
+    let both = original.replace(
+        &format!("listen: [\"{}\"]", stack.http),
+        &format!("listen: [\"{}\", \"{extra}\"]", stack.http),
+    );
+    assert_ne!(both, original);
+    std::fs::write(&stack.config, &both).unwrap();
+    stack.ctl_ok(&["reload"]);
+    for addr in [stack.http, extra] {
+        let reply = http::get(addr, "app.test", "/").await.unwrap();
+        assert_eq!(reply.status, 200, "{addr}: {}", reply.body);
+    }
+    // Dropped again: once the instance that had it is gone, nothing listens there.
+    let before = stack.ready_pid("proxyd").unwrap();
+    std::fs::write(&stack.config, &original).unwrap();
+    stack.ctl_ok(&["reload"]);
+    wait_for("the old proxyd to exit", Duration::from_secs(10), || {
+        (!alive(before)).then_some(())
+    });
+    assert!(
+        tokio::net::TcpStream::connect(extra).await.is_err(),
+        "{extra} still listens"
+    );
+    let reply = http::get(stack.http, "app.test", "/").await.unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+#[test]
+fn a_stop_during_an_upgrade_is_carried_out() {
+    for stop in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut stack = Stack::start_with(own_binaries());
+        let daemons = pids(&stack);
+        stack.signal_supervisor(Signal::SIGQUIT);
+        std::thread::sleep(Duration::from_millis(30));
+        stack.signal_supervisor(stop);
+        let mut supervisor = stack.supervisor.take().unwrap();
+        let status = wait_for("the supervisor to exit", Duration::from_secs(20), || {
+            supervisor.try_wait().unwrap()
+        });
+        assert!(status.success(), "{stop}: {status}\n{}", stack.log());
+        wait_for("every daemon to exit", Duration::from_secs(5), || {
+            daemons.iter().all(|p| !alive(*p)).then_some(())
+        });
+        let left: Vec<String> = std::fs::read_dir(stack.run_dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "{stop}: left behind: {left:?}");
+    }
+}

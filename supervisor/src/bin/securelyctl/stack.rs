@@ -25,8 +25,8 @@ async fn fetch_status(target: &Target) -> anyhow::Result<StatusReply> {
 pub async fn status(target: &Target, as_json: bool) -> anyhow::Result<()> {
     let reply = fetch_status(target).await?;
     let supervisor = reply.supervisor.unwrap_or_default();
+    let upgrade = reply.upgrade.unwrap_or_default();
     if as_json {
-        let upgrade = reply.upgrade.unwrap_or_default();
         output::json(&json!({
             "supervisor": process_json(&supervisor),
             "daemons": reply.daemons.iter().map(process_json).collect::<Vec<_>>(),
@@ -38,6 +38,10 @@ pub async fn status(target: &Target, as_json: bool) -> anyhow::Result<()> {
         .chain(reply.daemons.iter())
         .map(|p| {
             let mut state = p.state.clone();
+            if !p.draining_pids.is_empty() {
+                let pids: Vec<String> = p.draining_pids.iter().map(ToString::to_string).collect();
+                state.push_str(&format!(" (draining: {})", pids.join(",")));
+            }
             if p.next_start_in_ms > 0 {
                 state.push_str(&format!(
                     " (retry in {})",
@@ -77,6 +81,15 @@ pub async fn status(target: &Target, as_json: bool) -> anyhow::Result<()> {
         ],
         &rows,
     );
+    if upgrade.id != 0 {
+        println!(
+            "\nlast upgrade: #{} {} after {}: {}",
+            upgrade.id,
+            upgrade.state,
+            output::duration_ms(upgrade.took_ms),
+            upgrade.detail
+        );
+    }
     Ok(())
 }
 
