@@ -21,8 +21,11 @@
 //! whether proxyd holds its tree or has released it, the shutdown sequence is:
 //!
 //! 1. `STOPPING=1`, and the proxy stops accepting (its listeners close);
-//! 2. graceful: wait until no request is in flight, at most `grace_period_seconds`
-//!    (a fast request cuts this short); fast: skip the wait;
+//! 2. graceful: wait until every client connection has ended, at most
+//!    `grace_period_seconds` (a fast request cuts this short); fast: skip the wait. A
+//!    connection accepted just before the stop is answered once its request arrives,
+//!    a busy one closes after its current request, an idle kept-alive one is closed
+//!    (see [`crate::drain`]);
 //! 3. release pingora's main loop, which drops its runtimes at once;
 //! 4. stop the gRPC server if it runs: graceful, its calls in flight finish (bounded by
 //!    the same grace period); fast, cut at once;
@@ -46,7 +49,8 @@ use tokio::sync::{broadcast, oneshot, watch};
 use tokio::task::JoinError;
 use tokio::time::Instant;
 
-use crate::drain::{self, DrainOutcome, PingoraExit, PingoraRelease};
+use crate::connections::Connections;
+use crate::drain::{self, CutOff, DrainOutcome, PingoraExit, PingoraRelease};
 use crate::handover::HandOver;
 use crate::listeners;
 use crate::service::ServiceError;
@@ -122,6 +126,8 @@ pub struct ControlPlane {
     pub store_setup: StoreSetup,
     /// Requests in flight in the proxy.
     pub in_flight: Arc<InFlight>,
+    /// The proxy's client connections, which the drain waits for.
+    pub connections: Arc<Connections>,
     /// Flipped to stop the proxy accepting.
     pub stop_accepting: watch::Sender<bool>,
     /// Ends pingora's main loop.
@@ -177,6 +183,7 @@ impl ControlPlane {
             grpc,
             store_setup,
             in_flight,
+            connections,
             stop_accepting,
             pingora,
             phases,
@@ -255,7 +262,8 @@ impl ControlPlane {
             ShutdownKind::Graceful => {
                 log_drain(
                     grace,
-                    drain::wait_for_idle(&in_flight, deadline, shutdown.wait_fast()).await,
+                    drain::wait_for_idle(&connections, &in_flight, deadline, shutdown.wait_fast())
+                        .await,
                 );
                 PingoraExit::Drained
             }
@@ -282,15 +290,24 @@ impl ControlPlane {
 
 fn log_drain(grace: Duration, outcome: DrainOutcome) {
     match outcome {
-        DrainOutcome::Idle => tracing::info!("every request finished"),
-        DrainOutcome::GraceExpired { in_flight } => tracing::warn!(
-            "grace period of {}s over; cutting off {in_flight} request(s)",
-            grace.as_secs()
+        DrainOutcome::Idle => tracing::info!("every request finished, every connection closed"),
+        DrainOutcome::GraceExpired(cut) => tracing::warn!(
+            "grace period of {}s over; cutting off {}",
+            grace.as_secs(),
+            describe_cut(cut)
         ),
-        DrainOutcome::Interrupted { in_flight } => {
-            tracing::warn!("fast shutdown requested; cutting off {in_flight} request(s)")
+        DrainOutcome::Interrupted(cut) => {
+            tracing::warn!("fast shutdown requested; cutting off {}", describe_cut(cut))
         }
     }
+}
+
+/// What a drain cut off, for the log.
+fn describe_cut(cut: CutOff) -> String {
+    format!(
+        "{} connection(s) ({} silent since they connected), {} request(s) in flight",
+        cut.connections, cut.silent, cut.requests
+    )
 }
 
 /// Stops the gRPC server: graceful (its calls in flight finish, until the end of the grace

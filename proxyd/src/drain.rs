@@ -6,10 +6,17 @@
 //! 1. stops accepting by flipping its own stop switch, which the proxy service watches
 //!    instead of pingora's (see [`crate::service`]): the accept loops end and close the
 //!    listening sockets, keep-alive connections end after their current request;
-//! 2. waits until no request is in flight ([`InFlight`], counted from the moment a request
-//!    header is read until its context is dropped), bounded by the grace period;
+//! 2. waits until every client connection has ended ([`Connections::drained`]), bounded
+//!    by the grace period and cut short by a fast stop. Connections, not requests: one
+//!    accepted just before the stop may not have sent its request yet. pingora's service
+//!    returns first, after its cleanup, which waits until every new connection has sent
+//!    its first bytes and then drops the kept-alive ones idle between two requests (see
+//!    [`crate::connections`]); busy ones close after their current request;
 //! 3. only then releases pingora's main loop ([`PingoraRelease`]), whose own grace period
 //!    is zero (see [`crate::conf`]), so its runtimes are dropped at once.
+//!
+//! Requests in flight ([`InFlight`], counted from the moment a request header is read
+//! until its context is dropped) are reported with the connections a drain cuts off.
 
 use std::future::Future;
 
@@ -18,34 +25,47 @@ use securely_core::drain::InFlight;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::connections::Connections;
+
+/// What a drain cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutOff {
+    /// Client connections still open.
+    pub connections: usize,
+    /// Of those, the ones whose client has sent nothing yet.
+    pub silent: usize,
+    /// Requests still in flight on them.
+    pub requests: usize,
+}
+
 /// How a drain ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainOutcome {
-    /// Every request finished.
+    /// Every connection ended, and so every request finished.
     Idle,
-    /// The grace period ran out with requests still in flight.
-    GraceExpired {
-        /// Requests cut off.
-        in_flight: usize,
-    },
+    /// The grace period ran out with connections still open.
+    GraceExpired(CutOff),
     /// A fast shutdown cut the drain short.
-    Interrupted {
-        /// Requests cut off.
-        in_flight: usize,
-    },
+    Interrupted(CutOff),
 }
 
-/// Waits until no request is in flight, at most until `deadline` (the end of the grace
-/// period), or until `interrupt` resolves.
+/// Waits until pingora's service has returned and every client connection has ended, at
+/// most until `deadline` (the end of the grace period), or until `interrupt` resolves.
 pub async fn wait_for_idle(
-    in_flight: &InFlight,
+    connections: &Connections,
+    requests: &InFlight,
     deadline: Instant,
     interrupt: impl Future<Output = ()>,
 ) -> DrainOutcome {
+    let cut_off = || CutOff {
+        connections: connections.open(),
+        silent: connections.awaiting_first_bytes(),
+        requests: requests.count(),
+    };
     tokio::select! {
-        () = in_flight.idle() => DrainOutcome::Idle,
-        () = tokio::time::sleep_until(deadline) => DrainOutcome::GraceExpired { in_flight: in_flight.count() },
-        () = interrupt => DrainOutcome::Interrupted { in_flight: in_flight.count() },
+        () = connections.drained() => DrainOutcome::Idle,
+        () = tokio::time::sleep_until(deadline) => DrainOutcome::GraceExpired(cut_off()),
+        () = interrupt => DrainOutcome::Interrupted(cut_off()),
     }
 }
 
@@ -105,26 +125,40 @@ mod tests {
 
     #[tokio::test]
     async fn a_drain_ends_by_work_grace_or_interruption() {
-        let in_flight = InFlight::new();
+        let connections = Connections::new();
+        let requests = InFlight::new();
         let never = std::future::pending::<()>;
         let later = || Instant::now() + Duration::from_secs(60);
+        let soon = || Instant::now() + Duration::from_millis(10);
+        let service = connections.end_of_service();
+        // The service still runs (its cleanup may still hand it connections).
         assert_eq!(
-            wait_for_idle(&in_flight, later(), never()).await,
+            wait_for_idle(&connections, &requests, soon(), never()).await,
+            DrainOutcome::GraceExpired(CutOff {
+                connections: 0,
+                silent: 0,
+                requests: 0
+            })
+        );
+        drop(service);
+        assert_eq!(
+            wait_for_idle(&connections, &requests, later(), never()).await,
             DrainOutcome::Idle
         );
-        let _stuck = in_flight.enter();
+        let _request = requests.enter();
+        let _connection = connections.count_one_open();
+        let stuck = CutOff {
+            connections: 1,
+            silent: 0,
+            requests: 1,
+        };
         assert_eq!(
-            wait_for_idle(
-                &in_flight,
-                Instant::now() + Duration::from_millis(10),
-                never()
-            )
-            .await,
-            DrainOutcome::GraceExpired { in_flight: 1 }
+            wait_for_idle(&connections, &requests, soon(), never()).await,
+            DrainOutcome::GraceExpired(stuck)
         );
         assert_eq!(
-            wait_for_idle(&in_flight, later(), async {}).await,
-            DrainOutcome::Interrupted { in_flight: 1 }
+            wait_for_idle(&connections, &requests, later(), async {}).await,
+            DrainOutcome::Interrupted(stuck)
         );
     }
 

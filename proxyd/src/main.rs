@@ -9,15 +9,18 @@
 //!    instance has released the sled tree by then); a shutdown meanwhile ends proxyd
 //!    here, exit 0. Standalone, no wait;
 //! 4. store: the sled tree, loaded into the routing table;
-//! 5. assemble: pingora's server with the proxy service, which adopts the listeners;
+//! 5. assemble: pingora's server with the proxy service, which adopts the listeners and
+//!    counts the client connections and the requests in flight, for the drain;
 //! 6. control: signals, gRPC, readiness, the hand-over commands (release the tree and
 //!    keep proxying, or take it back) and the shutdown sequence on their own thread
 //!    ([`control`]);
-//! 7. run: pingora's main loop on the main thread, until the control plane releases it;
+//! 7. run: pingora's main loop on the main thread, until the control plane releases it
+//!    (after the drain: every client connection has ended, see [`drain`]);
 //! 8. exit: once the control plane has closed the store (if proxyd still holds it).
 
 mod admin;
 mod conf;
+mod connections;
 mod control;
 mod drain;
 mod forwarding;
@@ -52,6 +55,7 @@ use securely_core::daemon::Daemon;
 use securely_core::drain::InFlight;
 use tokio::sync::{oneshot, watch};
 
+use crate::connections::Connections;
 use crate::control::ControlPlane;
 use crate::listeners::HttpListener;
 use crate::loops::OwnListeners;
@@ -97,6 +101,7 @@ fn run() -> anyhow::Result<()> {
 
     // 5. assemble
     let in_flight = InFlight::new();
+    let connections = Connections::new();
     let (stop_accepting, accepting) = watch::channel(false);
     let (pingora_release, pingora_watch) = drain::pingora_release();
     let (service_failed, service_failure) = oneshot::channel();
@@ -108,6 +113,7 @@ fn run() -> anyhow::Result<()> {
         proxy,
         http,
         accepting,
+        connections.clone(),
         service_failed,
     ));
     let phases = server.watch_execution_phase();
@@ -118,6 +124,7 @@ fn run() -> anyhow::Result<()> {
         grpc,
         store_setup,
         in_flight,
+        connections,
         stop_accepting,
         pingora: pingora_release,
         phases,

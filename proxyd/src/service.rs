@@ -4,18 +4,23 @@
 //! * Which sockets it listens on: before the proxy builds its endpoints, the wrapper puts
 //!   the already-bound sockets into pingora's listen-fd table (see [`crate::listeners`]).
 //! * When it stops accepting: the proxy watches proxyd's stop switch instead of pingora's
-//!   shutdown broadcast, so proxyd can stop accepting and drain in-flight requests while
+//!   shutdown broadcast, so proxyd can stop accepting and drain its connections while
 //!   pingora's main loop still runs (see [`crate::drain`]).
+//!
+//! The app it runs is pingora's HTTP proxy inside a [`DrainAwareApp`], which counts the
+//! connections and holds pingora's cleanup back until every new connection has had its
+//! first bytes (see [`crate::connections`]).
 
 use std::sync::Arc;
 
-use pingora::proxy::{HttpProxy, http_proxy_service_with_name};
+use pingora::proxy::{HttpProxy, http_proxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::listening::Service;
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::sync::oneshot;
 
+use crate::connections::{Connections, DrainAwareApp};
 use crate::listeners::{self, HttpListener};
 use crate::proxy::SiteProxy;
 
@@ -34,18 +39,20 @@ pub enum ServiceError {
     NoListenFdTable,
 }
 
-/// pingora's proxy service plus the sockets it adopts, the switch that stops it and the
-/// line on which it reports failing to start.
+/// pingora's proxy service plus the sockets it adopts, the switch that stops it, its
+/// connections and the line on which it reports failing to start.
 pub struct ProxyService {
-    inner: Service<HttpProxy<SiteProxy>>,
+    inner: Service<DrainAwareApp<HttpProxy<SiteProxy>>>,
     listeners: Vec<HttpListener>,
+    connections: Arc<Connections>,
     stop: ShutdownWatch,
     failure: Option<oneshot::Sender<ServiceError>>,
 }
 
 impl ProxyService {
-    /// An HTTP/1.1 proxy for `proxy` on `listeners`, accepting until `stop` turns true; a
-    /// failure to start is sent on `failure` (the control plane then stops proxyd).
+    /// An HTTP/1.1 proxy for `proxy` on `listeners`, accepting until `stop` turns true and
+    /// counting its connections in `connections`; a failure to start is sent on `failure`
+    /// (the control plane then stops proxyd).
     ///
     /// h2c (cleartext HTTP/2) stays off, as pingora's `HttpServerOptions` default it: pingora
     /// detects h2c by reading the 24-byte HTTP/2 preface before anything else, so an HTTP/1
@@ -56,15 +63,18 @@ impl ProxyService {
         proxy: SiteProxy,
         listeners: Vec<HttpListener>,
         stop: ShutdownWatch,
+        connections: Arc<Connections>,
         failure: oneshot::Sender<ServiceError>,
     ) -> Self {
-        let mut inner = http_proxy_service_with_name(conf, proxy, SERVICE_NAME);
+        let app = DrainAwareApp::new(http_proxy(conf, proxy), connections.clone());
+        let mut inner = Service::new(SERVICE_NAME.to_string(), app);
         for listener in &listeners {
             inner.add_tcp(&listener.key());
         }
         Self {
             inner,
             listeners,
+            connections,
             stop,
             failure: Some(failure),
         }
@@ -80,6 +90,8 @@ impl ServiceWithDependents for ProxyService {
         listeners_per_fd: usize,
         ready_notifier: ServiceReadyNotifier,
     ) {
+        // However this returns, no connection is added after it.
+        let _end = self.connections.end_of_service();
         let listeners = std::mem::take(&mut self.listeners);
         let Some(table) = &fds else {
             // Reported before the sockets close, so the control plane names this cause
@@ -120,12 +132,202 @@ impl ServiceWithDependents for ProxyService {
 mod tests {
     use std::net::SocketAddr;
     use std::sync::Arc;
+    use std::time::Duration;
 
+    use pingora::server::Fds;
     use securely_core::drain::InFlight;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio::sync::watch;
+    use tokio::task::JoinHandle;
 
     use super::*;
     use crate::routing::Routes;
+
+    /// Long enough for anything these tests wait for to happen.
+    const PATIENCE: Duration = Duration::from_secs(5);
+    /// How long these tests watch for something that must not happen.
+    const A_WHILE: Duration = Duration::from_millis(200);
+    /// A request for a host no site serves: proxyd answers it 404 itself.
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n";
+
+    fn service(
+        listener: HttpListener,
+        stop: ShutdownWatch,
+        connections: Arc<Connections>,
+        failure: oneshot::Sender<ServiceError>,
+    ) -> ProxyService {
+        ProxyService::new(
+            &Arc::new(ServerConf::default()),
+            SiteProxy::new(Arc::new(Routes::default()), InFlight::new()),
+            vec![listener],
+            stop,
+            connections,
+            failure,
+        )
+    }
+
+    /// The proxy service running on a listener of its own, as pingora runs it.
+    struct Running {
+        addr: SocketAddr,
+        stop: watch::Sender<bool>,
+        connections: Arc<Connections>,
+        task: JoinHandle<()>,
+    }
+
+    impl Running {
+        async fn start() -> Self {
+            let listener = HttpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let addr = listener.addr();
+            let connections = Connections::new();
+            let (stop, stopping) = watch::channel(false);
+            let (failure, _) = oneshot::channel();
+            let mut service = service(listener, stopping, connections.clone(), failure);
+            let table: ListenFds = Arc::new(Fds::new().into());
+            let task = tokio::spawn(async move {
+                let (ready, _) = watch::channel(false);
+                let notifier = ServiceReadyNotifier::new(ready);
+                service
+                    .start_service(Some(table), watch::channel(false).1, 1, notifier)
+                    .await;
+            });
+            listeners::probe(addr, PATIENCE)
+                .await
+                .expect("the proxy answers");
+            let running = Self {
+                addr,
+                stop,
+                connections,
+                task,
+            };
+            // The probe's connection is closed after its answer.
+            running
+                .until("the probe's connection ends", |c| c.open() == 0)
+                .await;
+            running
+        }
+
+        async fn until(&self, what: &str, done: impl Fn(&Connections) -> bool) {
+            let waiting = async {
+                while !done(&self.connections) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(PATIENCE, waiting)
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+        }
+
+        /// Flips the stop switch and waits until the listening socket is closed.
+        async fn stop_accepting(&self) {
+            self.stop.send_replace(true);
+            let closed = async {
+                while TcpStream::connect(self.addr).await.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::time::timeout(PATIENCE, closed)
+                .await
+                .expect("the listener closes");
+        }
+
+        async fn drained_within(&self, limit: Duration) -> bool {
+            tokio::time::timeout(limit, self.connections.drained())
+                .await
+                .is_ok()
+        }
+    }
+
+    /// Reads one response (its head and its Content-Length body) and returns its head.
+    async fn response(stream: &mut TcpStream) -> String {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let read = async {
+            loop {
+                if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&received[..end]).into_owned();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| {
+                            let (name, value) = line.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if received.len() >= end + 4 + length {
+                        return head;
+                    }
+                }
+                let n = stream.read(&mut chunk).await.expect("a response");
+                assert!(n > 0, "closed before the response completed");
+                received.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::time::timeout(PATIENCE, read)
+            .await
+            .expect("the response comes")
+    }
+
+    /// Whether the server closes `stream` within `limit` (nothing more is sent on it).
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(limit, stream.read(&mut byte)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => panic!("unexpected bytes"),
+            Err(_) => false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_opened_before_the_stop_is_answered_when_its_request_comes_after() {
+        let proxy = Running::start().await;
+        // A kept-alive connection, idle after one request.
+        let mut kept = TcpStream::connect(proxy.addr).await.unwrap();
+        kept.write_all(REQUEST).await.unwrap();
+        assert!(response(&mut kept).await.starts_with("HTTP/1.1 404"));
+        // A connection whose request has not been sent yet.
+        let mut late = TcpStream::connect(proxy.addr).await.unwrap();
+        proxy
+            .until("both connections", |c| {
+                c.open() == 2 && c.awaiting_first_bytes() == 1
+            })
+            .await;
+
+        proxy.stop_accepting().await;
+        assert!(!proxy.drained_within(A_WHILE).await);
+        assert!(
+            !closed_within(&mut kept, A_WHILE).await,
+            "idle connections are dropped only once every new one has had its first bytes"
+        );
+
+        late.write_all(REQUEST).await.unwrap();
+        let head = response(&mut late).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert!(
+            closed_within(&mut late, PATIENCE).await,
+            "no keep-alive after the stop"
+        );
+        assert!(
+            closed_within(&mut kept, PATIENCE).await,
+            "the idle one is dropped"
+        );
+        assert!(proxy.drained_within(PATIENCE).await);
+        tokio::time::timeout(PATIENCE, proxy.task)
+            .await
+            .expect("the service returns")
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_silent_client_holds_the_drain_until_it_goes() {
+        let proxy = Running::start().await;
+        let silent = TcpStream::connect(proxy.addr).await.unwrap();
+        proxy.until("the connection", |c| c.open() == 1).await;
+        proxy.stop_accepting().await;
+        assert!(!proxy.drained_within(A_WHILE).await);
+        drop(silent);
+        assert!(proxy.drained_within(PATIENCE).await);
+    }
 
     #[tokio::test]
     async fn without_a_listen_fd_table_the_proxy_does_not_start_and_says_why() {
@@ -133,16 +335,11 @@ mod tests {
         let addr: SocketAddr = listener.addr();
         let (failure, failed) = oneshot::channel();
         let (_stop, stopping) = watch::channel(false);
-        let mut service = ProxyService::new(
-            &Arc::new(ServerConf::default()),
-            SiteProxy::new(Arc::new(Routes::default()), InFlight::new()),
-            vec![listener],
-            stopping,
-            failure,
-        );
+        let connections = Connections::new();
+        let mut service = service(listener, stopping, connections.clone(), failure);
         let (ready, _) = watch::channel(false);
         let started = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
+            PATIENCE,
             service.start_service(
                 None,
                 watch::channel(false).1,
@@ -154,5 +351,9 @@ mod tests {
         assert!(matches!(failed.await, Ok(ServiceError::NoListenFdTable)));
         // Its socket is closed, and pingora did not bind the address itself.
         assert!(std::net::TcpStream::connect(addr).is_err());
+        // A drain has nothing to wait for.
+        tokio::time::timeout(PATIENCE, connections.drained())
+            .await
+            .expect("drained at once");
     }
 }

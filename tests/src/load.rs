@@ -351,20 +351,29 @@ fn queue_client(shared: &Shared) -> Result<QueueClient<tonic::transport::Channel
     Ok(QueueClient::new(endpoint.connect_lazy()))
 }
 
-/// Whether a call was refused without being carried out, and may be sent again (what
-/// gRPC's transparent retry does): the server said UNAVAILABLE (it is handing over), or
-/// the stream was refused by the server's HTTP/2 GOAWAY (its connection was closing, so
-/// the call was never processed), or the connection closed before the call was sent
-/// on it (hyper's "canceled").
-fn refused(status: &tonic::Status) -> bool {
+/// Whether a call may be sent again, as gRPC clients do transparently: the server said
+/// UNAVAILABLE (it is handing over; nothing was done), the stream was refused by the
+/// server's HTTP/2 GOAWAY (never processed), the connection closed before the call was
+/// sent on it (hyper's "canceled"), or the connection broke under the call (an old
+/// instance exiting after its drain: every call it answers is complete, so a broken one
+/// was not carried out). Were a retried call ever carried out twice, the duplicate check
+/// in [`Load::finish`] would report it.
+fn retryable(status: &tonic::Status) -> bool {
     if status.code() == tonic::Code::Unavailable {
         return true;
     }
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
-        if error
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_canceled)
+        let broken = error.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        });
+        if broken
+            || error
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_canceled)
             || format!("{error:?}").contains("GoAway(")
         {
             return true;
@@ -384,7 +393,7 @@ where
     loop {
         match call().await {
             Ok(answer) => return Some(answer),
-            Err(status) if refused(&status) => {
+            Err(status) if retryable(&status) => {
                 shared
                     .counters
                     .queue_retries

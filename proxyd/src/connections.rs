@@ -1,0 +1,187 @@
+//! The proxy's client connections, counted so that a graceful stop waits for them.
+//!
+//! Counting requests alone misses a connection that has been accepted but whose request
+//! has not arrived yet. When its accept loops end, pingora calls the app's `cleanup`,
+//! which for its HTTP proxy aborts every session waiting in `read_request()`: such a
+//! connection, accepted a moment before the stop, would be closed without an answer, and
+//! the drain, seeing no request in flight, would not even wait for it.
+//!
+//! [`DrainAwareApp`] wraps pingora's app (the proxy) and keeps [`Connections`]:
+//!
+//! * every connection counts as open from the moment it reaches the app until it ends
+//!   (all its requests, keep-alive reuse included: for HTTP/1 pingora's app serves them
+//!   all before it returns);
+//! * until its client's first bytes are readable, it also counts as awaiting them; only
+//!   then is it handed to pingora, whose read of the request header prefers bytes already
+//!   there over the abort, even during shutdown;
+//! * `cleanup` waits until no connection awaits its first bytes, then lets pingora abort
+//!   its waiting sessions: those are kept-alive connections idle between two requests,
+//!   which clients are prepared to see closed (RFC 9112 9.3.1);
+//! * once pingora's service has returned (accept loops ended, cleanup done),
+//!   [`Connections::drained`] resolves when the last connection ends. pingora disables
+//!   keep-alive once proxyd's stop switch is on, so busy connections end after their
+//!   current request.
+//!
+//! A client that connects and stays silent keeps its connection, and so the drain,
+//! waiting: the drain is bounded by the grace period (and cut short by a fast stop), and
+//! while serving such a connection is dropped after [`FIRST_BYTES_TIMEOUT`].
+//!
+//! Limits: a connection is counted once its task, spawned by pingora's accept loop, first
+//! runs (`cleanup` yields once to let the last ones run); and a request header whose
+//! first bytes came before pingora's abort but whose rest had not arrived yet is still
+//! cut off by it. Clients send a request header in one piece, so neither is seen in
+//! practice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use securely_core::drain::InFlight;
+use tokio::sync::watch;
+
+/// How long a new connection may stay silent before proxyd drops it: pingora's own wait
+/// for the first request on a connection (its default keep-alive timeout).
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The proxy's client connections, shared by the app and the control plane.
+#[derive(Debug)]
+pub struct Connections {
+    open: Arc<InFlight>,
+    awaiting_first_bytes: Arc<InFlight>,
+    service_ended: watch::Sender<bool>,
+}
+
+impl Connections {
+    /// No connection yet; the service runs.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: InFlight::new(),
+            awaiting_first_bytes: InFlight::new(),
+            service_ended: watch::channel(false).0,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.count()
+    }
+
+    /// Connections whose client has not sent anything yet.
+    pub fn awaiting_first_bytes(&self) -> usize {
+        self.awaiting_first_bytes.count()
+    }
+
+    /// Records that pingora's service has returned: its accept loops have ended and its
+    /// cleanup is done, so no connection will be added. Returns a guard that records it
+    /// when dropped, so that a service that ends early (or panics) still counts.
+    pub fn end_of_service(self: &Arc<Self>) -> ServiceEnd {
+        ServiceEnd(self.clone())
+    }
+
+    /// Counts one connection open until the guard is dropped, as the app does.
+    #[cfg(test)]
+    pub fn count_one_open(&self) -> securely_core::drain::InFlightGuard {
+        self.open.enter()
+    }
+
+    /// Resolves once the service has returned and every connection has ended.
+    pub async fn drained(&self) {
+        let mut ended = self.service_ended.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = ended.wait_for(|ended| *ended).await;
+        self.open.idle().await;
+    }
+}
+
+/// Marks the end of pingora's service when dropped (see [`Connections::end_of_service`]).
+#[derive(Debug)]
+pub struct ServiceEnd(Arc<Connections>);
+
+impl Drop for ServiceEnd {
+    fn drop(&mut self) {
+        self.0.service_ended.send_replace(true);
+    }
+}
+
+/// pingora's app `A`, counting its connections in [`Connections`] and holding pingora's
+/// cleanup back until every new connection has had its first bytes.
+pub struct DrainAwareApp<A> {
+    inner: Arc<A>,
+    connections: Arc<Connections>,
+}
+
+impl<A> DrainAwareApp<A> {
+    /// `inner`, counting its connections in `connections`.
+    pub fn new(inner: A, connections: Arc<Connections>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            connections,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<A> ServerApp for DrainAwareApp<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let _open = self.connections.open.enter();
+        {
+            let _awaiting = self.connections.awaiting_first_bytes.enter();
+            // pingora's L4 stream reads the byte and puts it back for the request parser.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.try_peek(&mut first)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    // Closed or reset before sending anything: there is nothing to answer.
+                    tracing::debug!("connection ended before its first bytes: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!("connection silent for {FIRST_BYTES_TIMEOUT:?}; dropped");
+                    return None;
+                }
+            }
+        }
+        // For HTTP/1 this serves every request of the connection and returns None.
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        // A connection accepted just before the accept loops ended may not have reached
+        // `process_new` yet: let it run first.
+        tokio::task::yield_now().await;
+        self.connections.awaiting_first_bytes.idle().await;
+        self.inner.cleanup().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn drained_once_the_service_ended_and_every_connection_closed() {
+        let connections = Connections::new();
+        let open = connections.count_one_open();
+        let end = connections.end_of_service();
+        let waiting = tokio::time::timeout(Duration::from_millis(20), connections.drained());
+        assert!(waiting.await.is_err(), "the service still runs");
+        drop(end);
+        let waiting = tokio::time::timeout(Duration::from_millis(20), connections.drained());
+        assert!(waiting.await.is_err(), "a connection is still open");
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(1), connections.drained())
+            .await
+            .expect("drained");
+    }
+}
