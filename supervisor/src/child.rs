@@ -31,7 +31,9 @@ pub struct Instance {
     pidfd: AsyncFd<OwnedFd>,
     exited: OnceLock<ExitStatus>,
     notices: Mutex<Option<tokio::io::Lines<BufReader<OwnedReadHalf>>>>,
-    commands: Mutex<OwnedWriteHalf>,
+    commands: Mutex<Option<OwnedWriteHalf>>,
+    /// Left running on drop (exported, or handed to a retiring task's caller).
+    disarmed: bool,
 }
 
 /// What survives a re-exec of the supervisor: the pid and the notification socket.
@@ -57,7 +59,8 @@ impl Instance {
             pidfd,
             exited: OnceLock::new(),
             notices: Mutex::new(Some(BufReader::new(reader).lines())),
-            commands: Mutex::new(commands),
+            commands: Mutex::new(Some(commands)),
+            disarmed: false,
         })
     }
 
@@ -78,24 +81,36 @@ impl Instance {
 
     /// Keeps the notification socket open across an exec of the supervisor and returns
     /// what the next image needs to adopt the instance. The instance itself runs on.
-    pub fn export(self) -> anyhow::Result<Exported> {
-        let Self {
-            pid,
-            notices,
-            commands,
-            ..
-        } = self;
-        let reader = notices
-            .into_inner()
+    pub fn export(mut self) -> anyhow::Result<Exported> {
+        let reader = self
+            .notices
+            .get_mut()
+            .take()
             .context("the notification socket is already closed")?
             .into_inner()
             .into_inner();
-        let stream = reader.reunite(commands.into_inner())?.into_std()?;
+        let writer = self
+            .commands
+            .get_mut()
+            .take()
+            .context("the notification socket is already closed")?;
+        let stream = reader.reunite(writer)?.into_std()?;
         let fd: OwnedFd = stream.into();
         fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
         let notify_fd = fd.as_raw_fd();
         std::mem::forget(fd);
-        Ok(Exported { pid, notify_fd })
+        self.disarmed = true;
+        Ok(Exported {
+            pid: self.pid,
+            notify_fd,
+        })
+    }
+
+    /// Leaves the instance running when this handle is dropped (the next image of the
+    /// supervisor adopts it by pid).
+    pub fn disarm(mut self) -> u32 {
+        self.disarmed = true;
+        self.pid
     }
 
     /// The next notice; `None` once the instance closed its end (it is exiting).
@@ -121,7 +136,10 @@ impl Instance {
     pub async fn command(&self, command: Command) -> bool {
         let line = format!("{}\n", command.to_line());
         let mut commands = self.commands.lock().await;
-        commands.write_all(line.as_bytes()).await.is_ok()
+        match commands.as_mut() {
+            Some(commands) => commands.write_all(line.as_bytes()).await.is_ok(),
+            None => false,
+        }
     }
 
     /// Waits for the instance to exit (and reaps it); returns the same status when
@@ -182,6 +200,19 @@ impl Instance {
     }
 }
 
+impl Drop for Instance {
+    /// An instance nobody follows any more (a failed start, a panic) is killed and
+    /// reaped rather than left to drain unsupervised as a zombie-to-be.
+    fn drop(&mut self) {
+        if self.disarmed || self.exited.get().is_some() {
+            return;
+        }
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        // SAFETY: waitpid on our own child, which SIGKILL ends promptly.
+        unsafe { libc::waitpid(self.pid as libc::pid_t, std::ptr::null_mut(), 0) };
+    }
+}
+
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -207,21 +238,23 @@ fn reap(pid: u32) -> std::io::Result<Option<ExitStatus>> {
     }
 }
 
-/// Closes every fd from `first` up, in the child between fork and exec: even an fd the
-/// supervisor itself inherited without close-on-exec never reaches a daemon.
-fn close_from(first: RawFd) {
-    // SAFETY: close_range and close are async-signal-safe; only fds >= first are closed.
+/// Marks every fd from `first` up close-on-exec, in the child between fork and exec:
+/// even an fd the supervisor itself inherited without close-on-exec never reaches a
+/// daemon. (Marked, not closed: std's pipe that reports a failed exec must stay open
+/// until the exec.)
+fn close_on_exec_from(first: RawFd) {
+    // SAFETY: close_range and fcntl are async-signal-safe; only fds >= first change.
     unsafe {
         if libc::syscall(
             libc::SYS_close_range,
             first as libc::c_uint,
             libc::c_uint::MAX,
-            0,
+            libc::CLOSE_RANGE_CLOEXEC,
         ) == 0
         {
             return;
         }
-        // Kernels before 5.9: close one by one up to the fd limit.
+        // Kernels before 5.11: one by one up to the fd limit.
         let limit = libc::sysconf(libc::_SC_OPEN_MAX);
         let limit = if limit <= 0 {
             1024
@@ -229,7 +262,10 @@ fn close_from(first: RawFd) {
             limit.min(1 << 20) as RawFd
         };
         for fd in first..limit {
-            libc::close(fd);
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
         }
     }
 }
@@ -280,7 +316,7 @@ pub fn spawn(
         // then decides for every child.
         .process_group(0);
     // SAFETY: between fork and exec only async-signal-safe calls (dup2, close_range,
-    // close, sigprocmask) run.
+    // fcntl, sigprocmask) run.
     unsafe {
         command.pre_exec(move || {
             // The supervisor holds its stop signals blocked on some threads; a daemon
@@ -293,7 +329,7 @@ pub fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            close_from(lowest_free);
+            close_on_exec_from(lowest_free);
             Ok(())
         });
     }
@@ -302,10 +338,18 @@ pub fn spawn(
         .with_context(|| format!("starting {}", binary.display()))?;
     drop(staged);
     drop(theirs);
-    // The pidfd (below) waits for and reaps the child; the handle is not needed.
+    // The pidfd (below) waits for and reaps the child; the handle is kept only in case
+    // that cannot be set up.
     let pid = child.id();
-    drop(child);
-    Instance::new(pid, ours)
+    match Instance::new(pid, ours) {
+        Ok(instance) => Ok(instance),
+        Err(e) => {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(e)
+        }
+    }
 }
 
 /// "exited with status 1", "killed by SIGKILL", ...

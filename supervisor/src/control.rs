@@ -99,12 +99,12 @@ impl Supervisor for ControlService {
                 securely_core::DAEMONS.join(", ")
             ))
         })?;
-        let _guard = self
+        let guard = self
             .stack
             .begin(&format!("a restart of {name}"))
             .map_err(Status::unavailable)?;
         tracing::info!(daemon = %name, "restart requested");
-        match slot.replace(None).await {
+        match slot.replace(None, Some(guard)).await {
             Ok(replaced) => Ok(Response::new(RestartReply {
                 pid: replaced.pid,
                 old_pid: replaced.old_pid,

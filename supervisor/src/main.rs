@@ -54,8 +54,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long status calls in flight get when the supervisor exits or re-executes.
 const CONTROL_STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// After blocking the stop signals for an exec, how long a signal already caught gets to
-/// reach the shutdown switch.
-const SIGNAL_SETTLE: Duration = Duration::from_millis(10);
+/// reach the shutdown switch (after as many yields to the runtime's tasks).
+const SIGNAL_SETTLE: Duration = Duration::from_millis(20);
+const SIGNAL_SETTLE_YIELDS: usize = 8;
 
 fn main() -> ExitCode {
     ensure_stdio();
@@ -72,7 +73,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<ExitCode> {
+fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    // `-d` changes directory to /: an upgrade reads the file again by this path.
+    if let Some(conf) = &args.conf {
+        args.conf = Some(std::path::absolute(conf).context("locating the settings file")?);
+    }
     // The path this binary was started from: an upgrade re-executes whatever is installed
     // there by then.
     let exe = std::env::current_exe().context("locating the securely executable")?;
@@ -128,12 +133,16 @@ fn take_over(settings: &Settings) -> anyhow::Result<StackSockets> {
     stop_signals()
         .thread_unblock()
         .context("unblocking signals")?;
-    let carried = takeover::receive(&settings.upgrade_socket());
+    let received = takeover::receive(&settings.upgrade_socket());
     block_stop_signals();
-    let carried = carried?;
+    let (carried, sender) = received?;
+    // Acknowledged only once the sockets are ours: until then the running supervisor
+    // serves on, whatever fails here.
     let sockets = StackSockets::adopt(settings, &carried);
     carried.close();
-    sockets
+    let sockets = sockets?;
+    takeover::acknowledge(sender)?;
+    Ok(sockets)
 }
 
 /// Phases after daemonizing: pid file, drop privileges, logging, serve.
@@ -177,10 +186,14 @@ fn supervise(
     runtime()?.block_on(serve(serving, report))
 }
 
+/// The supervisor's runtime. Its threads (workers and blocking pool alike) keep the stop
+/// signals blocked, so that only the main thread takes them: then blocking them there
+/// before an upgrade's exec leaves any later one pending for the next image.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("securely")
+        .on_thread_start(block_stop_signals)
         .enable_all()
         .build()
         .context("starting the async runtime")
@@ -191,8 +204,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// it cannot be used, which fails the upgrade). No daemonizing, no new pid file, no
 /// privilege change: the process is the same.
 fn resume(args: Args, exe: PathBuf, carried: CarriedState) -> anyhow::Result<()> {
-    let previous = Settings::from_yaml(&carried.previous_settings, "the previous settings", |_| {})
-        .context("reading the previous settings")?;
     let fresh = load_settings(args.conf.as_deref()).and_then(|(settings, origin)| {
         let settings = settings.resolve();
         settings.validate().map_err(|errors| {
@@ -206,6 +217,10 @@ fn resume(args: Args, exe: PathBuf, carried: CarriedState) -> anyhow::Result<()>
     {
         Ok((sockets, settings)) => (settings, sockets, None),
         Err(e) => {
+            let previous =
+                Settings::from_yaml(&carried.previous_settings, "the previous settings", |_| {})
+                    .context("reading the previous settings")?
+                    .resolve();
             let sockets = StackSockets::adopt(&previous, &carried.sockets)
                 .context("taking back the previous sockets")?;
             (
@@ -383,6 +398,7 @@ async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::Resu
         // Run until asked to stop or to upgrade.
         let kind = loop {
             tokio::select! {
+                biased;
                 kind = shutdown.wait() => break Some(kind),
                 Some(request) = triggers.recv() => {
                     match upgrade_stack(&mut serving, &stack, &shutdown, &notifier, &mut control_server, request).await {
@@ -481,10 +497,16 @@ async fn await_startup(
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        result = stack.wait_all_ready(STARTUP_TIMEOUT) => if result.is_ok() {
-                            announce_ready(&stack, &notifier);
-                            break;
-                        },
+                        result = stack.wait_all_ready(STARTUP_TIMEOUT) => {
+                            if result.is_ok() {
+                                announce_ready(&stack, &notifier);
+                                break;
+                            }
+                            // Exported to a new image (or stopped): nothing to announce.
+                            if stack.ended() {
+                                break;
+                            }
+                        }
                         _ = shutdown.wait() => break,
                     }
                 }
@@ -508,6 +530,13 @@ async fn upgrade_stack(
             let _ = reply.send(result);
         }
     };
+    if let Some(kind) = shutdown.requested() {
+        answer(
+            request.reply,
+            Err(format!("the stack is stopping ({kind:?})")),
+        );
+        return Upgraded::Unchanged;
+    }
     let _guard = match stack.begin("an upgrade") {
         Ok(guard) => guard,
         Err(busy) => {
@@ -547,7 +576,11 @@ async fn upgrade_stack(
         .iter()
         .map(|d| child::binary_path(&serving.exe, d))
         .collect();
-    if let Err(reason) = upgrade::check(&serving.exe, serving.conf.as_deref(), &daemons).await {
+    let checked = tokio::select! {
+        checked = upgrade::check(&serving.exe, serving.conf.as_deref(), &daemons) => checked,
+        kind = shutdown.wait() => Err(format!("a {kind:?} stop came first")),
+    };
+    if let Err(reason) = checked {
         tracing::error!(id, "upgrade refused, nothing changed: {reason}");
         serving.upgrades.finish(Err(reason.clone()));
         answer(request.reply, Err(reason));
@@ -563,8 +596,12 @@ async fn upgrade_stack(
             .stop(tokio::time::Instant::now() + CONTROL_STOP_TIMEOUT)
             .await;
     }
+    // Only this thread takes stop signals (see `runtime`): from here on one stays
+    // pending across the exec. One taken just before reaches the switch meanwhile.
     block_stop_signals();
-    // A stop signal handled just before the block reaches the switch here.
+    for _ in 0..SIGNAL_SETTLE_YIELDS {
+        tokio::task::yield_now().await;
+    }
     tokio::time::sleep(SIGNAL_SETTLE).await;
     if let Some(kind) = shutdown.requested() {
         let _ = stop_signals().thread_unblock();
@@ -574,6 +611,15 @@ async fn upgrade_stack(
         return Upgraded::Unchanged;
     }
     let slots = stack.export().await;
+    // A stop requested while the slots let go (or a slot that could not): no exec; the
+    // daemons are taken back and the stop carried out.
+    if shutdown.requested().is_some() || slots.len() != stack.slots().len() {
+        return exec_failed(
+            serving,
+            slots,
+            "a stop came while the daemons were handed over".into(),
+        );
+    }
     let sockets = match serving.sockets.carry() {
         Ok(sockets) => sockets,
         Err(e) => return exec_failed(serving, slots, format!("keeping the sockets open: {e}")),
@@ -605,10 +651,7 @@ async fn hand_to_waiting_supervisor(
     if !path.exists() {
         return Ok(false);
     }
-    let carried = serving
-        .sockets
-        .carry()
-        .map_err(|e| format!("preparing the sockets: {e}"))?;
+    let carried = serving.sockets.describe();
     let offered = tokio::task::spawn_blocking(move || takeover::offer(&path, &carried))
         .await
         .map_err(|e| format!("sending the sockets: {e}"))?
@@ -637,6 +680,7 @@ fn exec_failed(
     reason: String,
 ) -> Upgraded {
     tracing::error!("upgrade failed: {reason}; serving on with the running daemons");
+    serving.sockets.keep_private();
     serving.upgrades.finish(Err(reason));
     let _ = stop_signals().thread_unblock();
     Upgraded::ExecFailed(slots)
@@ -661,7 +705,7 @@ async fn continue_upgrade(
     let mut failed = Vec::new();
     for slot in stack.slots() {
         upgrades.progress(format!("handing {} over to its new binary", slot.name));
-        match slot.replace(None).await {
+        match slot.replace(None, None).await {
             Ok(replaced) => done.push(format!(
                 "{} {} -> {}",
                 slot.name, replaced.old_pid, replaced.pid

@@ -22,6 +22,7 @@ use crate::backoff;
 use crate::child::{self, Exported, Instance};
 use crate::handover::{self, HandoverError};
 use crate::sockets::DaemonSockets;
+use crate::stack::OperationGuard;
 use crate::state::{DaemonState, SlotStatus};
 
 /// How long an instance told to stop fast (SIGINT) gets before SIGKILL.
@@ -57,6 +58,7 @@ pub struct Replaced {
 
 /// A slot's instances, handed across an exec of the supervisor.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ExportedSlot {
     /// The serving (or starting) instance.
     pub current: Option<Exported>,
@@ -74,6 +76,8 @@ enum Request {
     Replace {
         spec: Option<Arc<SlotSpec>>,
         reply: oneshot::Sender<Result<Replaced, String>>,
+        /// The right to run it, held until it is done (even if the caller goes away).
+        guard: Option<OperationGuard>,
     },
     /// Give up the instances, still running, for an exec of the supervisor.
     Export(oneshot::Sender<ExportedSlot>),
@@ -127,6 +131,7 @@ impl Slot {
             requests,
             shutdown,
             retiring: JoinSet::new(),
+            exporting: watch::channel(false).0,
             started_once: adopted.is_some(),
         };
         let task = tokio::spawn(supervision.run(adopted));
@@ -143,6 +148,11 @@ impl Slot {
         self.status.borrow().clone()
     }
 
+    /// Whether the slot's task has ended.
+    pub fn ended(&self) -> bool {
+        self.status.has_changed().is_err()
+    }
+
     /// A receiver that sees every status change.
     pub fn watch(&self) -> watch::Receiver<SlotStatus> {
         self.status.clone()
@@ -150,11 +160,16 @@ impl Slot {
 
     /// Hands the daemon over to a new instance (of `spec` when given); answers once the
     /// new one serves, or with the reason it failed (the old one then still serves).
-    pub async fn replace(&self, spec: Option<SlotSpec>) -> Result<Replaced, String> {
+    /// `guard`, if given, is held until the hand-over is over.
+    pub async fn replace(
+        &self,
+        spec: Option<SlotSpec>,
+        guard: Option<OperationGuard>,
+    ) -> Result<Replaced, String> {
         let (reply, answer) = oneshot::channel();
         let spec = spec.map(Arc::new);
         self.requests
-            .send(Request::Replace { spec, reply })
+            .send(Request::Replace { spec, reply, guard })
             .await
             .map_err(|_| format!("{} is stopped", self.name))?;
         answer
@@ -212,7 +227,9 @@ struct Supervision {
     requests: mpsc::Receiver<Request>,
     shutdown: Shutdown,
     /// Replaced instances, draining.
-    retiring: JoinSet<()>,
+    retiring: JoinSet<Option<u32>>,
+    /// Turned on to have the retiring tasks hand their instances back, still running.
+    exporting: watch::Sender<bool>,
     /// Whether an instance was started (or adopted): the next one is a restart.
     started_once: bool,
 }
@@ -265,7 +282,7 @@ impl Supervision {
                     return;
                 }
                 RunEnd::Request(Request::Export(reply)) => {
-                    let _ = reply.send(self.export(serving));
+                    let _ = reply.send(self.export(Some(serving)).await);
                     return;
                 }
                 RunEnd::Request(Request::Release(reply)) => {
@@ -273,7 +290,11 @@ impl Supervision {
                     let _ = reply.send(());
                     current = Some(serving);
                 }
-                RunEnd::Request(Request::Replace { spec, reply }) => {
+                RunEnd::Request(Request::Replace {
+                    spec,
+                    reply,
+                    guard: _held,
+                }) => {
                     let spec = spec.unwrap_or_else(|| self.spec.clone());
                     match self.hand_over(Some(&serving), spec.clone()).await {
                         Ok(new) => {
@@ -405,19 +426,38 @@ impl Supervision {
         let shutdown = self.shutdown.clone();
         let patience = self.spec.grace + GRACE_MARGIN;
         let name = self.spec.name;
+        let mut exporting = self.exporting.subscribe();
         self.retiring.spawn(async move {
-            let how = drain(&instance, patience, &shutdown).await;
-            tracing::info!(daemon = name, pid, "replaced instance {how}");
-            status.send_modify(|s| s.draining.retain(|p| *p != pid));
+            tokio::select! {
+                how = drain(&instance, patience, &shutdown) => {
+                    tracing::info!(daemon = name, pid, "replaced instance {how}");
+                    status.send_modify(|s| s.draining.retain(|p| *p != pid));
+                    None
+                }
+                // Handed across the exec, still draining.
+                _ = exporting.wait_for(|on| *on) => Some(instance.disarm()),
+            }
         });
     }
 
+    /// Stops following the retiring instances (left running); returns their pids.
+    async fn hand_back_retiring(&mut self) -> Vec<u32> {
+        self.exporting.send_replace(true);
+        let mut draining = Vec::new();
+        while let Some(done) = self.retiring.join_next().await {
+            if let Ok(Some(pid)) = done {
+                draining.push(pid);
+            }
+        }
+        draining
+    }
+
     /// The instances, left running, for the next image of the supervisor.
-    fn export(&mut self, serving: Instance) -> ExportedSlot {
-        self.retiring.abort_all();
+    async fn export(&mut self, serving: Option<Instance>) -> ExportedSlot {
+        let draining = self.hand_back_retiring().await;
         let status = self.status.borrow().clone();
-        let current = match serving.export() {
-            Ok(exported) => Some(exported),
+        let current = match serving.map(Instance::export).transpose() {
+            Ok(exported) => exported,
             Err(e) => {
                 tracing::error!(
                     daemon = self.spec.name,
@@ -428,7 +468,7 @@ impl Supervision {
         };
         ExportedSlot {
             current,
-            draining: status.draining,
+            draining,
             restarts: status.restarts,
             last_exit: status.last_exit,
         }
@@ -464,7 +504,11 @@ impl Supervision {
                 }
                 Some(request) = self.requests.recv() => match request {
                     // A replacement now is the next start, without waiting.
-                    Request::Replace { spec, reply } => {
+                    Request::Replace {
+                        spec,
+                        reply,
+                        guard: _held,
+                    } => {
                         let spec = spec.unwrap_or_else(|| self.spec.clone());
                         return match self.hand_over(None, spec.clone()).await {
                             Ok(new) => {
@@ -487,14 +531,7 @@ impl Supervision {
                         let _ = reply.send(());
                     }
                     Request::Export(reply) => {
-                        self.retiring.abort_all();
-                        let status = self.status.borrow().clone();
-                        let _ = reply.send(ExportedSlot {
-                            current: None,
-                            draining: status.draining,
-                            restarts: status.restarts,
-                            last_exit: status.last_exit,
-                        });
+                        let _ = reply.send(self.export(None).await);
                         return AfterBackoff::End;
                     }
                 },

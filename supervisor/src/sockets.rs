@@ -82,6 +82,7 @@ pub struct CarriedSocket {
 
 /// Every socket of the stack, carried across an exec.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CarriedSockets {
     /// The sockets, each daemon's in hand-over order.
     pub sockets: Vec<CarriedSocket>,
@@ -98,11 +99,15 @@ impl CarriedSockets {
     }
 }
 
-/// Clears close-on-exec on `fd`: the next image finds it open, by number.
-fn carry(fd: BorrowedFd<'_>) -> std::io::Result<RawFd> {
+fn set_close_on_exec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
     use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-    Ok(fd.as_raw_fd())
+    let flags = if on {
+        FdFlag::FD_CLOEXEC
+    } else {
+        FdFlag::empty()
+    };
+    fcntl(fd, FcntlArg::F_SETFD(flags))?;
+    Ok(())
 }
 
 /// Takes an fd carried across the exec.
@@ -120,14 +125,13 @@ impl Drop for SocketFiles {
 }
 
 impl StackSockets {
-    /// Leaves every socket open across an exec of the supervisor (this image keeps them
-    /// too, should the exec fail). The files become the next image's to remove.
-    pub fn carry(&self) -> std::io::Result<CarriedSockets> {
+    /// Every socket by fd number, with its owner, name and URL.
+    pub fn describe(&self) -> CarriedSockets {
         let mut sockets = vec![CarriedSocket {
             owner: "control".into(),
             name: "control".into(),
             url: String::new(),
-            fd: carry(self.control.as_fd())?,
+            fd: self.control.as_raw_fd(),
         }];
         for (daemon, handed) in &self.daemons {
             for h in &handed.handed {
@@ -135,14 +139,34 @@ impl StackSockets {
                     owner: daemon.to_string(),
                     name: h.name.to_string(),
                     url: h.url.clone(),
-                    fd: carry(h.fd.as_fd())?,
+                    fd: h.fd.as_raw_fd(),
                 });
             }
         }
-        Ok(CarriedSockets {
+        CarriedSockets {
             sockets,
             files: self.files.0.clone(),
-        })
+        }
+    }
+
+    /// Leaves every socket open across an exec of the supervisor (this image keeps them
+    /// too, should the exec fail: then [`StackSockets::keep_private`]). The files become
+    /// the next image's to remove.
+    pub fn carry(&self) -> std::io::Result<CarriedSockets> {
+        let carried = self.describe();
+        for socket in &carried.sockets {
+            // SAFETY: the fds are this struct's, open for as long as it lives.
+            set_close_on_exec(unsafe { BorrowedFd::borrow_raw(socket.fd) }, false)?;
+        }
+        Ok(carried)
+    }
+
+    /// Undoes [`StackSockets::carry`]: no process this one starts inherits the sockets.
+    pub fn keep_private(&self) {
+        for socket in &self.describe().sockets {
+            // SAFETY: as in `carry`.
+            let _ = set_close_on_exec(unsafe { BorrowedFd::borrow_raw(socket.fd) }, true);
+        }
     }
 
     /// Copies of each daemon's sockets, for the slots (this keeps the originals).

@@ -127,6 +127,11 @@ impl Stack {
         self.started
     }
 
+    /// Whether supervision has ended for some daemon (the stack stopped or was exported).
+    pub fn ended(&self) -> bool {
+        self.slots.iter().any(|s| s.ended())
+    }
+
     /// The slot of daemon `name`.
     pub fn slot(&self, name: &str) -> Option<&Slot> {
         self.slots.iter().find(|s| s.name == name)

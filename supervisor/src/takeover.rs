@@ -30,7 +30,9 @@ const MAX_DESCRIPTION: usize = 1 << 20;
 const ACK: &[u8] = b"OK";
 
 /// New side (`-u`): waits on `path` for the running supervisor to send its sockets.
-pub fn receive(path: &Path) -> anyhow::Result<CarriedSockets> {
+/// Returns them with the connection to [`acknowledge`] on once they are in use: until
+/// then the running supervisor serves on.
+pub fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
     let listener = securely_core::bind::unix(path)
         .with_context(|| format!("upgrade_sock: binding {}", path.display()))?;
     let _cleanup = RemoveOnDrop(path);
@@ -79,10 +81,12 @@ pub fn receive(path: &Path) -> anyhow::Result<CarriedSockets> {
         socket.fd = fd.as_raw_fd();
         std::mem::forget(fd);
     }
-    (&stream)
-        .write_all_ack()
-        .context("upgrade_sock: acknowledging")?;
-    Ok(carried)
+    Ok((carried, stream))
+}
+
+/// Tells the running supervisor that its sockets are in use here: it drains and exits.
+pub fn acknowledge(mut sender: UnixStream) -> anyhow::Result<()> {
+    std::io::Write::write_all(&mut sender, ACK).context("upgrade_sock: acknowledging")
 }
 
 /// Old side (SIGQUIT): sends `sockets` to a `-u` supervisor waiting on `path`. `Ok(false)`
@@ -140,16 +144,6 @@ pub fn offer(path: &Path, sockets: &CarriedSockets) -> anyhow::Result<bool> {
         bail!("upgrade_sock: unexpected answer from the new supervisor");
     }
     Ok(true)
-}
-
-trait WriteAck {
-    fn write_all_ack(self) -> std::io::Result<()>;
-}
-
-impl WriteAck for &UnixStream {
-    fn write_all_ack(mut self) -> std::io::Result<()> {
-        std::io::Write::write_all(&mut self, ACK)
-    }
 }
 
 fn accept_within(listener: &UnixListener, wait: Duration) -> anyhow::Result<UnixStream> {

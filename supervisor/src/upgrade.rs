@@ -32,8 +32,10 @@ pub const STATE_ENV: &str = "SECURELY_UPGRADE_STATE";
 /// How long each binary may take to answer the check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What one image of the supervisor hands the next.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// What one image of the supervisor hands the next. Every field has a default, so an
+/// image reads the state of an older one (fields it added are then empty).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct CarriedState {
     /// Every listening socket, open by number.
     pub sockets: CarriedSockets,
@@ -61,6 +63,7 @@ impl CarriedState {
 
 /// The last upgrade, as `securelyctl status` shows it.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct UpgradeRecord {
     /// Counts upgrades (0: none yet).
     pub id: u64,

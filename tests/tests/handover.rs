@@ -143,6 +143,15 @@ async fn reloads_under_load_keep_the_pid_and_lose_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_to_a_broken_binary_fails_and_the_old_instance_serves_on() {
     let (stack, _backend, load) = loaded(own_binaries()).await;
+    // A binary that is not there at all.
+    let old = stack.ready_pid("dnsd").unwrap();
+    std::fs::remove_file(stack.bin_dir.join("securely-dnsd")).unwrap();
+    let out = stack.ctl(&["restart", "dnsd"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No such file"), "{err}");
+    assert_eq!(stack.ready_pid("dnsd"), Some(old));
+    // Binaries that fail at once.
     for daemon in ["proxyd", "dnsd", "queued"] {
         let old = stack.ready_pid(daemon).unwrap();
         stack.break_binary(&format!("securely-{daemon}"));
