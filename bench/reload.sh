@@ -15,7 +15,8 @@
 #   nginx:    `nginx -s reload` (new workers, old workers drain).
 # Each reload is timed from the command to the last old process gone (securely: the
 # daemons' pids before the reload; nginx: its workers' pids before). dnsperf queries
-# Securely's dnsd during its run (nginx serves no DNS; no peer figure there).
+# Securely's dnsd (20k qps) during both runs: its answers are counted in Securely's run;
+# in nginx's it is the same background load (nginx serves no DNS: no peer figure there).
 #
 # Printed: requests, errors (connect, read, write, timeout, non-2xx) from wrk, DNS
 # queries sent/completed/lost from dnsperf, and every reload's duration.
@@ -135,18 +136,17 @@ run_target() {
   log "$name: wrk -c$CONNS for ${DURATION_S}s, $RELOADS reloads"
   wrk -t2 -c"$CONNS" -d"${DURATION_S}s" -H 'Host: bench.test' "http://$HOST:$port/" >"$OUT/$name-wrk.txt" 2>&1 &
   local wrk_pid=$!
-  local dnsperf_pid=
-  if [[ $name == securely ]]; then
-    dnsperf -s "$HOST" -p "$SEC_DNS_PORT" -d "$D/queries.txt" -l "$DURATION_S" -c 4 -q 64 -t 2 -Q 20000 >"$OUT/securely-dnsperf.txt" 2>&1 &
-    dnsperf_pid=$!
-  fi
+  # The same DNS load on the machine in both runs (it only measures dnsd's answers in
+  # Securely's; in nginx's it is background load of the same size).
+  dnsperf -s "$HOST" -p "$SEC_DNS_PORT" -d "$D/queries.txt" -l "$DURATION_S" -c 4 -q 64 -t 2 -Q 20000 >"$OUT/$name-dnsperf.txt" 2>&1 &
+  local dnsperf_pid=$!
   sleep 2
   for ((i = 1; i <= RELOADS; i++)); do
     times+=("$(reload_"$name")")
     sleep "$RELOAD_GAP"
   done
   wait "$wrk_pid" || true
-  [[ -n $dnsperf_pid ]] && { wait "$dnsperf_pid" || true; }
+  wait "$dnsperf_pid" || true
   printf '%s\n' "${times[@]}" >"$OUT/$name-reload-ms.txt"
 }
 

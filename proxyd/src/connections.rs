@@ -14,9 +14,13 @@
 //! * until its client's first bytes are readable, it also counts as awaiting them; only
 //!   then is it handed to pingora, whose read of the request header prefers bytes already
 //!   there over the abort, even during shutdown;
-//! * `cleanup` waits until no connection awaits its first bytes, then lets pingora abort
-//!   its waiting sessions: those are kept-alive connections idle between two requests,
-//!   which clients are prepared to see closed (RFC 9112 9.3.1);
+//! * `cleanup` waits until no connection awaits its first bytes; then, for at most
+//!   [`KEEPALIVE_CLOSE_WINDOW`], until every connection has ended: a kept-alive client
+//!   that sends its next request meanwhile gets it answered with `Connection: close`
+//!   (pingora turns keep-alive off once the stop switch is on) instead of seeing its
+//!   connection closed under it (HAProxy's `idle-close-on-response`). Then pingora aborts
+//!   its waiting sessions: kept-alive connections still idle, which clients are prepared
+//!   to see closed (RFC 9112 9.3.1);
 //! * once pingora's service has returned (accept loops ended, cleanup done),
 //!   [`Connections::drained`] resolves when the last connection ends. pingora disables
 //!   keep-alive once proxyd's stop switch is on, so busy connections end after their
@@ -44,6 +48,10 @@ use tokio::sync::watch;
 /// How long a new connection may stay silent before proxyd drops it: pingora's own wait
 /// for the first request on a connection (its default keep-alive timeout).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// During a drain, how long kept-alive connections get to bring one more request
+/// (answered, then closed) before the idle ones are closed.
+pub const KEEPALIVE_CLOSE_WINDOW: Duration = Duration::from_secs(1);
 
 /// The proxy's client connections, shared by the app and the control plane.
 #[derive(Debug)]
@@ -159,6 +167,7 @@ where
         // `process_new` yet: let it run first.
         tokio::task::yield_now().await;
         self.connections.awaiting_first_bytes.idle().await;
+        let _ = tokio::time::timeout(KEEPALIVE_CLOSE_WINDOW, self.connections.open.idle()).await;
         self.inner.cleanup().await;
     }
 }

@@ -156,23 +156,28 @@ impl Upgrades {
 }
 
 /// Phase 1: runs the installed supervisor binary's `-t` on the settings file, and asks
-/// each daemon binary for its version. The error names the binary and what it said.
+/// each daemon binary for its version, all at once. The error names the first binary
+/// that failed and what it said.
 pub async fn check(exe: &Path, conf: Option<&Path>, daemons: &[PathBuf]) -> Result<(), String> {
-    let mut args = vec!["-t".as_ref()];
+    let mut args: Vec<std::ffi::OsString> = vec!["-t".into()];
     if let Some(conf) = conf {
-        args.extend(["-c".as_ref(), conf.as_os_str()]);
+        args.extend(["-c".into(), conf.as_os_str().to_owned()]);
     }
-    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
-    run_check(exe, args).await?;
+    let mut checks = vec![tokio::spawn(run_check(exe.to_path_buf(), args))];
     for daemon in daemons {
-        run_check(daemon, vec!["--version".into()]).await?;
+        checks.push(tokio::spawn(run_check(daemon.clone(), vec!["--version".into()])));
+    }
+    for check in checks {
+        check
+            .await
+            .map_err(|e| format!("the check failed: {e}"))??;
     }
     Ok(())
 }
 
-async fn run_check(binary: &Path, args: Vec<std::ffi::OsString>) -> Result<(), String> {
+async fn run_check(binary: PathBuf, args: Vec<std::ffi::OsString>) -> Result<(), String> {
     let name = binary.display().to_string();
-    let mut command = tokio::process::Command::new(binary);
+    let mut command = tokio::process::Command::new(&binary);
     command
         .args(&args)
         .env_remove(STATE_ENV)

@@ -140,13 +140,16 @@ const RELOAD_POLL: Duration = Duration::from_millis(50);
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn reload(target: &Target) -> anyhow::Result<()> {
-    let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
-    let id = client
-        .reload(ReloadRequest {})
-        .await
-        .map_err(|s| errors::rpc("supervisor", s))?
-        .into_inner()
-        .id;
+    let id = {
+        let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
+        client
+            .reload(ReloadRequest {})
+            .await
+            .map_err(|s| errors::rpc("supervisor", s))?
+            .into_inner()
+            .id
+        // The connection closes here, so the supervisor's control server stops at once.
+    };
     // The supervisor re-executes now: follow the upgrade over new connections.
     let give_up = tokio::time::Instant::now() + RELOAD_TIMEOUT;
     let mut last_error = String::new();
