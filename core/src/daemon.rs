@@ -110,7 +110,7 @@ impl Daemon {
             tracing::warn!("supervisor went away; draining");
             on_gone.request(ShutdownKind::Graceful);
         });
-        let access = Access::new(settings.user.as_deref());
+        let access = Access::new(settings.user.as_deref(), settings.group.as_deref());
         Ok(Self {
             name,
             settings,

@@ -154,7 +154,15 @@ impl Notifier {
             }
             Notifier::Systemd => {
                 let state = match notice {
-                    Notice::Ready => sd_notify::NotifyState::Ready,
+                    // MAINPID too: under Type=notify systemd then follows this process
+                    // whoever started it, and it is the same across an upgrade's exec.
+                    Notice::Ready => {
+                        let _ = sd_notify::notify(&[
+                            sd_notify::NotifyState::MainPid(std::process::id()),
+                            sd_notify::NotifyState::Ready,
+                        ]);
+                        return;
+                    }
                     Notice::Stopping => sd_notify::NotifyState::Stopping,
                     Notice::Status(ref s) => sd_notify::NotifyState::Status(s),
                     Notice::Reloading => {

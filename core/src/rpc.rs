@@ -220,34 +220,65 @@ pub async fn connect_with(
     endpoint.connect().await
 }
 
-/// Who may make mutating calls: root, the user the stack runs as, and the configured user.
+/// Who may make mutating calls: root, the user the stack runs as, the configured user,
+/// and members of the configured group (so `securelyctl` works for them without root,
+/// as the sockets are group-accessible).
 #[derive(Debug, Clone)]
 pub struct Access {
     allowed_uids: Vec<u32>,
+    group: Option<nix::unistd::Gid>,
 }
 
 impl Access {
-    /// Root and the effective user of this process, plus `user` when the settings name one.
-    pub fn new(user: Option<&str>) -> Self {
+    /// Root and the effective user of this process, plus `user` and members of `group`
+    /// when the settings name them.
+    pub fn new(user: Option<&str>, group: Option<&str>) -> Self {
         let mut allowed_uids = vec![0, nix::unistd::geteuid().as_raw()];
         if let Some(Ok(Some(u))) = user.map(nix::unistd::User::from_name) {
             allowed_uids.push(u.uid.as_raw());
         }
         allowed_uids.dedup();
-        Self { allowed_uids }
+        let group = match group.map(nix::unistd::Group::from_name) {
+            Some(Ok(Some(g))) => Some(g.gid),
+            _ => None,
+        };
+        Self {
+            allowed_uids,
+            group,
+        }
+    }
+
+    /// Whether `uid` (whose primary group is `gid`) belongs to the configured group.
+    fn in_group(&self, uid: u32, gid: u32) -> bool {
+        let Some(group) = self.group else {
+            return false;
+        };
+        if gid == group.as_raw() {
+            return true;
+        }
+        let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+            return false;
+        };
+        let Ok(name) = std::ffi::CString::new(user.name) else {
+            return false;
+        };
+        nix::unistd::getgrouplist(&name, user.gid)
+            .map(|groups| groups.contains(&group))
+            .unwrap_or(false)
     }
 
     /// Checks that the caller of `request` may mutate state.
     pub fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let uid = request
+        let cred = request
             .extensions()
             .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|cred| cred.uid());
-        match uid {
-            Some(uid) if self.allowed_uids.contains(&uid) => Ok(()),
-            Some(uid) => Err(Status::permission_denied(format!(
-                "uid {uid} may not change this daemon (allowed: root or the securely user)"
+            .and_then(|info| info.peer_cred);
+        match cred {
+            Some(cred) if self.allowed_uids.contains(&cred.uid()) => Ok(()),
+            Some(cred) if self.in_group(cred.uid(), cred.gid()) => Ok(()),
+            Some(cred) => Err(Status::permission_denied(format!(
+                "uid {} may not change this daemon (allowed: root, the securely user and its group)",
+                cred.uid()
             ))),
             None => Err(Status::permission_denied(
                 "caller credentials unavailable; mutating calls need a Unix socket",

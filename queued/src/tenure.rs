@@ -179,7 +179,7 @@ mod tests {
 
     fn prepared(dir: &Path) -> Prepared {
         let socket = dir.join("queued.sock");
-        let access = Access::new(None);
+        let access = Access::new(None, None);
         let shutdown = Shutdown::new();
         let info = DaemonInfo {
             name: "queued",

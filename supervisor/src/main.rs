@@ -365,7 +365,10 @@ async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::Resu
         .thread_unblock()
         .context("unblocking signals")?;
     let notifier = Arc::new(Notifier::from_env());
-    let access = Access::new(serving.settings.user.as_deref());
+    let access = Access::new(
+        serving.settings.user.as_deref(),
+        serving.settings.group.as_deref(),
+    );
 
     loop {
         let stack = Arc::new(Stack::start(

@@ -165,7 +165,10 @@ pub async fn check(exe: &Path, conf: Option<&Path>, daemons: &[PathBuf]) -> Resu
     }
     let mut checks = vec![tokio::spawn(run_check(exe.to_path_buf(), args))];
     for daemon in daemons {
-        checks.push(tokio::spawn(run_check(daemon.clone(), vec!["--version".into()])));
+        checks.push(tokio::spawn(run_check(
+            daemon.clone(),
+            vec!["--version".into()],
+        )));
     }
     for check in checks {
         check

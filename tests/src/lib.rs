@@ -96,6 +96,8 @@ pub struct StackConfig {
     /// Run copies of the binaries installed in the stack's own directory, so the test
     /// may replace them (an upgrade) or break them.
     pub own_binaries: bool,
+    /// Extra environment for the supervisor.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for StackConfig {
@@ -104,6 +106,7 @@ impl Default for StackConfig {
             extra_yaml: "grace_period_seconds: 5\n".into(),
             upstreams: Vec::new(),
             own_binaries: false,
+            env: Vec::new(),
         }
     }
 }
@@ -226,6 +229,7 @@ impl Stack {
 
     /// Like [`Stack::start`] with a custom config.
     pub fn start_with(config: StackConfig) -> Self {
+        let env = config.env.clone();
         let mut stack = Self::prepare(config);
         let log = std::fs::File::create(stack.log_path()).expect("log file");
         let mut command = Command::new(stack.bin_dir.join("securely"));
@@ -235,7 +239,8 @@ impl Stack {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
-            .env("SECURELY_LOG", "info");
+            .env("SECURELY_LOG", "info")
+            .envs(env);
         // SAFETY: prctl is async-signal-safe. If the test process dies without running
         // Drop (killed, timed out), the stack is told to stop fast.
         unsafe {

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use securely_tests::{Stack, bin};
+use securely_tests::{Stack, StackConfig, bin};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -115,4 +115,38 @@ fn mutating_calls_need_root_or_the_securely_user() {
     }
     // Root still may.
     stack.ctl_ok(&["queue:push", "q", "x"]);
+}
+
+#[test]
+fn members_of_the_securely_group_may_change_the_stack_without_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    // Runs as root with group nogroup: the sockets are group-accessible (0660, the runtime
+    // dir 0750, both nogroup's), and nogroup's members may change the stack.
+    let stack = Stack::start_with(StackConfig {
+        extra_yaml: "grace_period_seconds: 5\nuser: root\ngroup: nogroup\n".into(),
+        ..StackConfig::default()
+    });
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .expect("the nogroup group")
+        .gid
+        .as_raw();
+    let out = Command::new(bin("securelyctl"))
+        .arg("--socket")
+        .arg(stack.control_socket())
+        .args(["queue:push", "q", "from-the-group"])
+        .uid(65534)
+        .gid(nogroup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = stack.ctl_ok(&["queue:stats"]);
+    assert!(stats.contains('q'), "{stats}");
 }

@@ -2,6 +2,8 @@
 //! and to each daemon's socket beside it.
 
 mod dns;
+mod docs;
+mod doctor;
 mod errors;
 mod output;
 mod queue;
@@ -17,7 +19,7 @@ use clap::{Parser, Subcommand};
 /// Control a running Securely stack.
 #[derive(Debug, Parser)]
 #[command(name = "securelyctl", version, about, long_about = None)]
-struct Cli {
+pub(crate) struct Cli {
     /// The settings file the stack runs with (to find its sockets).
     #[arg(short = 'c', long = "conf", value_name = "FILE", global = true)]
     conf: Option<PathBuf>,
@@ -40,6 +42,19 @@ enum Command {
     Restart {
         /// proxyd, dnsd or queued.
         daemon: String,
+    },
+    /// Check that the system resolver sends the dev TLD to dnsd, and name the fix if not.
+    Doctor,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for securely, securelyctl and the daemons into DIR.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them.
+        dir: PathBuf,
     },
     /// Upgrade the whole stack in place to the installed binaries and the settings file
     /// (like SIGQUIT), and wait for the result.
@@ -217,8 +232,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            docs::completions(*shell);
+            return Ok(());
+        }
+        Command::Man { dir } => return docs::man(dir),
+        _ => {}
+    }
     let target = target::Target::find(cli.conf.as_deref(), cli.socket.as_deref())?;
     match cli.command {
+        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        Command::Doctor => doctor::doctor(&target, cli.conf.as_deref()).await,
         Command::Status { json } => stack::status(&target, json).await,
         Command::Restart { daemon } => stack::restart(&target, &daemon).await,
         Command::Reload => stack::reload(&target).await,

@@ -13,7 +13,7 @@ use crate::errors;
 use crate::output;
 use crate::target::Target;
 
-async fn fetch_status(target: &Target) -> anyhow::Result<StatusReply> {
+pub(crate) async fn fetch_status(target: &Target) -> anyhow::Result<StatusReply> {
     let mut client = SupervisorClient::new(target.supervisor().await?);
     Ok(client
         .status(StatusRequest {})
