@@ -31,7 +31,15 @@ pub fn drop_privileges(
         return Ok(());
     }
     if !Uid::effective().is_root() {
-        eprintln!("securely: not running as root: the user and group settings are not applied");
+        // Started as the configured user already (systemd's `User=`): nothing to do.
+        let already = user
+            .and_then(|name| User::from_name(name).ok().flatten())
+            .is_some_and(|u| u.uid == Uid::effective());
+        if !already {
+            eprintln!(
+                "securely: not running as root: the user and group settings are not applied"
+            );
+        }
         return Ok(());
     }
     let user = match user {
