@@ -36,9 +36,7 @@ pub fn drop_privileges(
             .and_then(|name| User::from_name(name).ok().flatten())
             .is_some_and(|u| u.uid == Uid::effective());
         if !already {
-            eprintln!(
-                "securely: not running as root: the user and group settings are not applied"
-            );
+            eprintln!("securely: not running as root: the user and group settings are not applied");
         }
         return Ok(());
     }
