@@ -19,9 +19,11 @@ command -v cargo-deb >/dev/null || {
     exit 1
 }
 
+# One build of the whole workspace, as `cargo build --workspace --release` does anywhere
+# else: selecting packages with -p would resolve other features and rebuild the tree (and
+# an up-to-date release tree makes this a no-op). cargo-deb below runs with --no-build.
 echo "build-deb: building the release binaries" >&2
-cargo build --release --locked \
-    -p securely -p securely-proxyd -p securely-dnsd -p securely-queued >&2
+cargo build --workspace --release --locked >&2
 
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')

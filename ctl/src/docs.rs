@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 use clap::{Arg, Command, CommandFactory};
 
-#[path = "../../cli.rs"]
+// The supervisor's command line, defined once in its package and compiled here too
+// for its man page.
+#[path = "../../supervisor/src/cli.rs"]
 mod supervisor_cli;
 
 /// Prints the completion script of `securelyctl` for `shell`.
