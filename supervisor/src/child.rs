@@ -23,6 +23,8 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
 
+use crate::carried::Exported;
+
 /// A running daemon instance.
 #[derive(Debug)]
 pub struct Instance {
@@ -34,15 +36,6 @@ pub struct Instance {
     commands: Mutex<Option<OwnedWriteHalf>>,
     /// Left running on drop (exported, or handed to a retiring task's caller).
     disarmed: bool,
-}
-
-/// What survives a re-exec of the supervisor: the pid and the notification socket.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct Exported {
-    /// The instance's pid (still a child of the supervisor after its exec).
-    pub pid: u32,
-    /// The supervisor's end of the notification socket, kept open across the exec.
-    pub notify_fd: RawFd,
 }
 
 impl Instance {
@@ -310,7 +303,7 @@ pub fn spawn(
         .envs(listen_fds::announce(sockets.iter().map(|(name, _)| *name)))
         .env_remove("LISTEN_PID")
         .env_remove("NOTIFY_SOCKET")
-        .env_remove(crate::upgrade::STATE_ENV)
+        .env_remove(crate::carried::STATE_ENV)
         .stdin(std::process::Stdio::null())
         // Own process group: a terminal's Ctrl-C reaches the supervisor alone, which
         // then decides for every child.

@@ -1,6 +1,7 @@
 //! The supervisor's control service on `control.sock`: status, restart, reload, stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use securely_core::rpc::Access;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
@@ -12,9 +13,13 @@ use securely_proto::supervisor::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::UpgradeTrigger;
 use crate::stack::Stack;
-use crate::upgrade::Upgrades;
+use crate::state::Upgrades;
+use crate::trigger::UpgradeTrigger;
+
+/// How long calls in flight get when the control server stops (the supervisor exits or
+/// re-executes).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The control service.
 #[derive(Clone)]

@@ -51,7 +51,7 @@ pub fn daemonize(error_log: Option<&Path>) -> anyhow::Result<StartupReport> {
         ForkResult::Parent { .. } => {
             drop(write_end);
             // The waiting parent keeps the default signal actions.
-            let _ = crate::stop_signals().thread_unblock();
+            let _ = crate::signals::stop_signals().thread_unblock();
             std::process::exit(wait_for_report(read_end));
         }
         ForkResult::Child => {

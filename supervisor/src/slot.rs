@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::backoff;
-use crate::child::{self, Exported, Instance};
+use crate::carried::ExportedSlot;
+use crate::child::{self, Instance};
 use crate::handover::{self, HandoverError};
 use crate::sockets::DaemonSockets;
 use crate::stack::OperationGuard;
@@ -54,20 +55,6 @@ pub struct Replaced {
     pub pid: u32,
     /// The instance it replaced, now draining (0 if none ran).
     pub old_pid: u32,
-}
-
-/// A slot's instances, handed across an exec of the supervisor.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct ExportedSlot {
-    /// The serving (or starting) instance.
-    pub current: Option<Exported>,
-    /// Replaced instances still draining.
-    pub draining: Vec<u32>,
-    /// Instances started after the first.
-    pub restarts: u32,
-    /// How the last instance ended.
-    pub last_exit: String,
 }
 
 /// What the rest of the supervisor asks of a slot.

@@ -5,12 +5,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use securely_core::readiness::{Notice, Notifier};
 use securely_core::settings::Settings;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tokio::task::JoinHandle;
 
+use crate::carried::ExportedSlot;
 use crate::child;
-use crate::slot::{ExportedSlot, Slot, SlotSpec};
+use crate::slot::{Slot, SlotSpec};
 use crate::sockets::DaemonSockets;
 use crate::state::DaemonState;
 
@@ -194,5 +196,12 @@ impl Stack {
             .filter(|s| s.status().state == DaemonState::Ready)
             .count();
         format!("{ready}/{} daemons ready", self.slots.len())
+    }
+
+    /// Logs that the stack serves and tells systemd.
+    pub fn announce_ready(&self, notifier: &Notifier) {
+        tracing::info!(pid = std::process::id(), "{}", self.summary());
+        notifier.notify(Notice::Status(self.summary()));
+        notifier.notify(Notice::Ready);
     }
 }

@@ -16,7 +16,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
-use crate::sockets::{CarriedSocket, CarriedSockets};
+use securely_core::settings::Settings;
+use securely_core::shutdown::{Shutdown, ShutdownKind};
+
+use crate::serving::Serving;
+use crate::signals;
+use crate::sockets::{CarriedSocket, CarriedSockets, StackSockets};
+use crate::stack::Stack;
 
 /// How long `-u` waits for the running supervisor's SIGQUIT.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(300);
@@ -29,10 +35,63 @@ const MAX_DESCRIPTION: usize = 1 << 20;
 /// What the new supervisor answers once it holds the sockets.
 const ACK: &[u8] = b"OK";
 
+/// New side (`-u`), in place of binding: waits for the running supervisor's sockets (it
+/// sends them on SIGQUIT), binding only those the settings add. A stop signal meanwhile
+/// ends the wait (nothing is held).
+pub fn take_over(settings: &Settings) -> anyhow::Result<StackSockets> {
+    signals::unblock_stop_signals()?;
+    let received = receive(&settings.upgrade_socket());
+    signals::block_stop_signals();
+    let (carried, sender) = received?;
+    // Acknowledged only once the sockets are ours: until then the running supervisor
+    // serves on, whatever fails here.
+    let sockets = StackSockets::adopt(settings, &carried);
+    carried.close();
+    let sockets = sockets?;
+    acknowledge(sender)?;
+    Ok(sockets)
+}
+
+/// Old side (SIGQUIT, SIGHUP): sends every socket to a supervisor started with `-u`, if
+/// one waits on upgrade_sock; then has each daemon close its tree and stops this stack
+/// gracefully, leaving the socket files and the pid file to the new supervisor.
+/// `Ok(false)`: none waits.
+pub async fn hand_to_waiting_supervisor(
+    serving: &mut Serving,
+    stack: &Stack,
+    shutdown: &Shutdown,
+) -> Result<bool, String> {
+    let path = serving.settings.upgrade_socket();
+    if !path.exists() {
+        return Ok(false);
+    }
+    let carried = serving.sockets.describe();
+    let offered = tokio::task::spawn_blocking(move || offer(&path, &carried))
+        .await
+        .map_err(|e| format!("sending the sockets: {e}"))?
+        .map_err(|e| format!("{e:#}"))?;
+    if !offered {
+        return Ok(false);
+    }
+    tracing::info!(
+        "upgrade: the sockets are with the new supervisor; releasing the trees and draining"
+    );
+    serving.pid_file.disown();
+    serving.sockets.files.disown();
+    for slot in stack.slots() {
+        slot.release().await;
+    }
+    serving.upgrades.finish(Ok(
+        "handed over to the supervisor waiting on upgrade_sock".into()
+    ));
+    shutdown.request(ShutdownKind::Graceful);
+    Ok(true)
+}
+
 /// New side (`-u`): waits on `path` for the running supervisor to send its sockets.
 /// Returns them with the connection to [`acknowledge`] on once they are in use: until
 /// then the running supervisor serves on.
-pub fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
+fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
     let listener = securely_core::bind::unix(path)
         .with_context(|| format!("upgrade_sock: binding {}", path.display()))?;
     let _cleanup = RemoveOnDrop(path);
@@ -85,13 +144,13 @@ pub fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
 }
 
 /// Tells the running supervisor that its sockets are in use here: it drains and exits.
-pub fn acknowledge(mut sender: UnixStream) -> anyhow::Result<()> {
+fn acknowledge(mut sender: UnixStream) -> anyhow::Result<()> {
     std::io::Write::write_all(&mut sender, ACK).context("upgrade_sock: acknowledging")
 }
 
 /// Old side (SIGQUIT): sends `sockets` to a `-u` supervisor waiting on `path`. `Ok(false)`
 /// when none waits there.
-pub fn offer(path: &Path, sockets: &CarriedSockets) -> anyhow::Result<bool> {
+fn offer(path: &Path, sockets: &CarriedSockets) -> anyhow::Result<bool> {
     let stream = match UnixStream::connect(path) {
         Ok(stream) => stream,
         Err(e)
