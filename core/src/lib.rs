@@ -10,6 +10,7 @@ pub mod bind;
 pub mod control;
 pub mod daemon;
 pub mod drain;
+pub mod durable;
 pub mod listen_fds;
 pub mod logging;
 pub mod names;

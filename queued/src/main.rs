@@ -25,7 +25,6 @@
 
 mod backoff;
 mod commit;
-mod disk_sync;
 mod engine;
 mod reaper;
 mod service;

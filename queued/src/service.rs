@@ -114,7 +114,7 @@ impl QueueService {
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(FailedChanged {
-            count: change.count,
+            count: change.ids.len() as u64,
             missing: change.missing,
         }))
     }

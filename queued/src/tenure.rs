@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use securely_core::control::ControlService;
+use securely_core::durable::DurableTree;
 use securely_core::rpc::{Access, RpcServer};
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 use securely_core::store::{OPEN_DEADLINE, open_tree};
@@ -30,19 +31,11 @@ use tonic::service::Routes;
 
 use crate::backoff::Backoff;
 use crate::commit::Committer;
-use crate::disk_sync::DiskSync;
 use crate::engine::Engine;
 use crate::reaper::Reaper;
 use crate::service::QueueService;
 use crate::store::Store;
 use crate::validate::Limits;
-
-/// Whether every commit also `fdatasync`s the tree (power-loss durability, see
-/// [`crate::disk_sync`]). Measured on a 2-core VM (release, 64-byte jobs, 20k pushes over
-/// 64 streams): about 5.5-8k pushes/s either way, within the run-to-run noise, since
-/// sled's flush already waits for the device (`sync_file_range`); one sequential client
-/// sees p50 0.47 ms per push with it. So it stays on.
-const SYNC_TO_DISK: bool = true;
 
 /// What every tenure needs and none holds the tree for: prepared once, before this
 /// instance's turn.
@@ -67,7 +60,7 @@ pub struct Prepared {
 /// The tree, opened.
 struct Opened {
     store: Store,
-    disk: Option<DiskSync>,
+    tree: DurableTree,
 }
 
 /// A tenure being served.
@@ -90,8 +83,7 @@ impl Tenure {
             .try_clone()
             .context("cloning the gRPC listener")?;
         let opened = tokio::task::block_in_place(|| open(prepared))?;
-        let committer = Committer::start(opened.store.db().clone(), opened.disk)
-            .context("starting the committer thread")?;
+        let committer = Committer::start(opened.tree).context("starting the committer thread")?;
         let end = Shutdown::new();
         let engine = Arc::new(Engine::new(
             opened.store,
@@ -152,14 +144,14 @@ impl Tenure {
 fn open(prepared: &Prepared) -> anyhow::Result<Opened> {
     let tree = &prepared.tree;
     let db = open_tree(tree, OPEN_DEADLINE)?;
-    let disk = if SYNC_TO_DISK {
-        Some(DiskSync::open(tree).with_context(|| format!("syncing {}", tree.display()))?)
-    } else {
-        None
-    };
+    let durable = DurableTree::open(db.clone(), tree)
+        .with_context(|| format!("syncing {}", tree.display()))?;
     let store = Store::open(db).with_context(|| format!("opening {}", tree.display()))?;
     tracing::info!(tree = %tree.display(), "opened the queue's tree");
-    Ok(Opened { store, disk })
+    Ok(Opened {
+        store,
+        tree: durable,
+    })
 }
 
 #[cfg(test)]

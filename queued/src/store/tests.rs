@@ -1,5 +1,6 @@
 //! Transitions of the store, on a real sled tree in a temp dir, with explicit clocks.
 
+use super::failed::FAILED_JOB_OVERHEAD;
 use super::*;
 
 /// A fixed "now" for the tests, Unix ms.
@@ -26,7 +27,7 @@ fn push(store: &Store, queue: &str, payload: &[u8], available_at_ms: u64, max_tr
 }
 
 fn reserve(store: &Store, queue: &str, now_ms: u64) -> ReservedJob {
-    match store.reserve(queue, now_ms, 1_000).unwrap() {
+    match store.reserve(queue, now_ms, 1_000, |_| false).unwrap() {
         Reservation::Reserved(job) => job,
         Reservation::Empty { .. } => panic!("queue {queue} is empty at {now_ms}"),
     }
@@ -60,7 +61,7 @@ fn push_reserve_ack_removes_the_job() {
         }
     );
     assert_eq!(
-        store.reserve("q", T, 1_000).unwrap(),
+        store.reserve("q", T, 1_000, |_| false).unwrap(),
         Reservation::Empty {
             next_available_at_ms: None
         }
@@ -86,11 +87,38 @@ fn jobs_come_out_in_push_order_and_queues_are_separate() {
 }
 
 #[test]
+fn hidden_jobs_are_passed_over_and_left_ready() {
+    let (store, _dir) = open();
+    let first = push(&store, "q", b"first", T, 1);
+    let second = push(&store, "q", b"second", T, 1);
+    let later = push(&store, "q", b"later", T + 5_000, 1);
+    let only_first = |id| id == first;
+    let got = store.reserve("q", T, 1_000, only_first).unwrap();
+    assert!(matches!(got, Reservation::Reserved(ref job) if job.id == second));
+    // Every available job hidden: empty, pointing at the earliest job that is not.
+    assert_eq!(
+        store.reserve("q", T, 1_000, |id| id == first).unwrap(),
+        Reservation::Empty {
+            next_available_at_ms: Some(T + 5_000)
+        }
+    );
+    assert_eq!(
+        store
+            .reserve("q", T, 1_000, |id| id == first || id == later)
+            .unwrap(),
+        Reservation::Empty {
+            next_available_at_ms: None
+        }
+    );
+    assert_eq!(reserve(&store, "q", T).id, first);
+}
+
+#[test]
 fn a_delayed_job_waits_for_its_time_behind_available_ones() {
     let (store, _dir) = open();
     let late = push(&store, "q", b"late", T + 5_000, 1);
     assert_eq!(
-        store.reserve("q", T, 1_000).unwrap(),
+        store.reserve("q", T, 1_000, |_| false).unwrap(),
         Reservation::Empty {
             next_available_at_ms: Some(T + 5_000)
         }
@@ -193,7 +221,7 @@ fn fail_retries_with_backoff_then_lands_in_the_failed_list() {
         }
     );
     assert!(matches!(
-        store.reserve("q", T, 1_000).unwrap(),
+        store.reserve("q", T, 1_000, |_| false).unwrap(),
         Reservation::Empty { .. }
     ));
     let second = reserve(&store, "q", T + 1_000);
@@ -341,7 +369,7 @@ fn failed_jobs_can_be_retried_or_forgotten() {
             3,
         )
         .unwrap();
-    assert_eq!((retried.count, retried.missing.clone()), (1, vec![999]));
+    assert_eq!((retried.ids.len(), retried.missing.clone()), (1, vec![999]));
     let again = reserve(&store, "a", T);
     assert_eq!((again.id, again.attempt), (failed[0], 1));
     assert_eq!(&again.payload[..], b"one");
@@ -355,7 +383,7 @@ fn failed_jobs_can_be_retried_or_forgotten() {
             queue: Some("b"),
         })
         .unwrap();
-    assert_eq!(forgotten.count, 1);
+    assert_eq!(forgotten.ids.len(), 1);
     assert_eq!(stats(&store, "b", T).failed, 0);
     assert_eq!(store.list_failed(None, usize::MAX).unwrap().jobs.len(), 1);
     let rest = store
@@ -364,7 +392,7 @@ fn failed_jobs_can_be_retried_or_forgotten() {
             queue: None,
         })
         .unwrap();
-    assert_eq!(rest.count, 1);
+    assert_eq!(rest.ids.len(), 1);
     assert!(store.list_failed(None, usize::MAX).unwrap().jobs.is_empty());
     assert_eq!(stats(&store, "a", T).failed, 0);
 }

@@ -89,6 +89,11 @@ pub struct Queued {
 impl Queued {
     /// Starts the daemon on `home` and waits until it answers.
     pub async fn start(home: &Home) -> Self {
+        Self::start_with_env(home, &[]).await
+    }
+
+    /// [`Queued::start`] with extra environment variables.
+    pub async fn start_with_env(home: &Home, env: &[(&str, &Path)]) -> Self {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -104,6 +109,7 @@ impl Queued {
             .env_remove("SECURELY_SETTINGS")
             .env_remove("SECURELY_NOTIFY_FD")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .spawn()
             .expect("start securely-queued");
         let mut this = Self {

@@ -12,12 +12,16 @@
 //! makes it durable and answers it) or finds the store gone and fails with
 //! [`EngineError::ShuttingDown`] without any effect: the close leaves no call half done.
 //!
-//! Durability per operation: Push, Ack and Fail answer after their write is durable.
-//! Reserve and the reaper's moves are not waited for (sled's background flusher writes
-//! them within half a second): losing one in a crash only hands a job out again, which an
-//! at-least-once queue allows.
+//! Durability per operation: Push, Ack, Fail, RetryFailed and ForgetFailed answer after
+//! their write is durable (flushed and `fdatasync`ed, see [`crate::commit`]), and a job is
+//! handed out only once the write that made it ready is durable (see [`hidden`]), so a
+//! job whose push then fails to commit never runs. Reserve and the reaper's moves are not
+//! waited for (sled's background flusher writes them within half a second): losing one in
+//! a crash only hands a job out again, which an at-least-once queue allows.
 
-use std::sync::{Mutex, MutexGuard};
+mod hidden;
+
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use securely_core::shutdown::Shutdown;
@@ -25,12 +29,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::commit::{CommitError, CommitHandle, Committer, PendingCommit};
+use crate::commit::{CommitError, CommitHandle, Committer, OnDurable, PendingCommit};
 use crate::store::{
     FailOutcome, FailedChange, FailedList, FailedSelection, NewJob, QueueStats, Reservation,
     ReservedJob, Store, StoreError,
 };
 use crate::wakeups::Wakeups;
+use hidden::Hidden;
 
 /// Expired reservations handled per lock acquisition.
 pub const REAP_BATCH: usize = 512;
@@ -69,6 +74,8 @@ struct State {
     next_reap_at_ms: u64,
     /// The store's clock.
     clock: Clock,
+    /// Jobs whose write is not durable yet.
+    hidden: Hidden,
 }
 
 impl State {
@@ -101,6 +108,58 @@ impl Clock {
     }
 }
 
+/// What a write made ready: the jobs to hide until it is durable, and the queues whose
+/// waiting Reserve calls to wake then.
+#[derive(Debug, Default)]
+struct Readied {
+    ids: Vec<u64>,
+    queues: Vec<String>,
+    /// Wake one waiting call (one job was pushed) rather than all of them.
+    wake_one: bool,
+}
+
+impl Readied {
+    /// Nothing made ready.
+    fn none() -> Self {
+        Self::default()
+    }
+
+    /// The job `id`, pushed onto `queue`.
+    fn pushed(id: u64, queue: &str) -> Self {
+        Self {
+            ids: vec![id],
+            queues: vec![queue.to_string()],
+            wake_one: true,
+        }
+    }
+
+    /// Jobs back on their queues (a retry): their queues' waiting calls all look again.
+    fn moved(ids: Vec<u64>, queues: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            ids,
+            queues: queues.into_iter().collect(),
+            wake_one: false,
+        }
+    }
+
+    /// The wake-up to run once the write is durable, if anyone is to be woken.
+    fn wake(&self, wakeups: &Arc<Wakeups>) -> Option<OnDurable> {
+        if self.queues.is_empty() {
+            return None;
+        }
+        let (wakeups, queues, one) = (wakeups.clone(), self.queues.clone(), self.wake_one);
+        Some(Box::new(move || {
+            for queue in &queues {
+                if one {
+                    wakeups.wake_one(queue);
+                } else {
+                    wakeups.wake(queue);
+                }
+            }
+        }))
+    }
+}
+
 /// The result of one reaper pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReapPass {
@@ -115,7 +174,7 @@ pub struct ReapPass {
 pub struct Engine {
     state: Mutex<State>,
     committer: CommitHandle,
-    wakeups: Wakeups,
+    wakeups: Arc<Wakeups>,
     reaper_wake: Notify,
     backoff: Backoff,
     end: Shutdown,
@@ -129,9 +188,10 @@ impl Engine {
                 store: Some(store),
                 next_reap_at_ms: 0,
                 clock: Clock::start(),
+                hidden: Hidden::default(),
             }),
             committer,
-            wakeups: Wakeups::default(),
+            wakeups: Arc::default(),
             reaper_wake: Notify::new(),
             backoff,
             end,
@@ -154,17 +214,28 @@ impl Engine {
     }
 
     /// Runs the write `f` on the store (under the lock) and requests its commit before the
-    /// lock is let go, so that [`Engine::close`] cannot come in between.
+    /// lock is let go, so that [`Engine::close`] cannot come in between. The jobs it made
+    /// ready stay hidden until the commit is durable, and their queues are woken then.
     fn write<T>(
         &self,
-        f: impl FnOnce(&Store, u64) -> Result<T, StoreError>,
+        f: impl FnOnce(&Store, u64) -> Result<(T, Readied), StoreError>,
     ) -> Result<(T, PendingCommit), EngineError> {
-        let mut state = self.state();
-        let now = state.now_ms();
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let now = state.clock.now_ms();
         let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
-        let value = f(store, now)?;
-        let commit = self.committer.request()?;
-        Ok((value, commit))
+        let (value, readied) = f(store, now)?;
+        match self.committer.request(readied.wake(&self.wakeups)) {
+            Ok(commit) => {
+                state.hidden.hide(&readied.ids, commit.seq());
+                Ok((value, commit))
+            }
+            Err(e) => {
+                // Never durable in this tenure: never shown.
+                state.hidden.hide(&readied.ids, u64::MAX);
+                Err(e.into())
+            }
+        }
     }
 
     /// Enqueues a job; returns its id once it is durable.
@@ -182,11 +253,10 @@ impl Engine {
                 available_at_ms: now.saturating_add(delay_ms),
                 max_tries,
             };
-            store.push(job, now)
+            let id = store.push(job, now)?;
+            Ok((id, Readied::pushed(id, queue)))
         })?;
-        // Handed out only once durable: a job whose push then fails never runs.
         commit.wait().await?;
-        self.wakeups.wake_one(queue);
         Ok(id)
     }
 
@@ -237,10 +307,13 @@ impl Engine {
     }
 
     fn try_reserve(&self, queue: &str, timeout_ms: u64) -> Result<Reservation, EngineError> {
-        let mut state = self.state();
-        let now = state.now_ms();
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let now = state.clock.now_ms();
+        state.hidden.show_up_to(self.committer.durable());
         let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
-        let reservation = store.reserve(queue, now, timeout_ms)?;
+        let hidden = &state.hidden;
+        let reservation = store.reserve(queue, now, timeout_ms, |id| hidden.contains(id))?;
         if let Reservation::Reserved(job) = &reservation
             && job.reserved_until_ms < state.next_reap_at_ms
         {
@@ -252,7 +325,7 @@ impl Engine {
 
     /// Removes a reserved job; answers once that is durable.
     pub async fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), EngineError> {
-        let ((), commit) = self.write(|store, _| store.ack(id, attempt))?;
+        let ((), commit) = self.write(|store, _| Ok((store.ack(id, attempt)?, Readied::none())))?;
         Ok(commit.wait().await?)
     }
 
@@ -263,12 +336,15 @@ impl Engine {
         attempt: Option<u32>,
         error: &str,
     ) -> Result<FailOutcome, EngineError> {
-        let (outcome, commit) =
-            self.write(|store, now| store.fail(id, attempt, error, now, &self.backoff))?;
+        let (outcome, commit) = self.write(|store, now| {
+            let outcome = store.fail(id, attempt, error, now, &self.backoff)?;
+            let readied = match &outcome {
+                FailOutcome::Retry { queue, .. } => Readied::moved(vec![id], [queue.clone()]),
+                FailOutcome::Failed => Readied::none(),
+            };
+            Ok((outcome, readied))
+        })?;
         commit.wait().await?;
-        if let FailOutcome::Retry { queue, .. } = &outcome {
-            self.wakeups.wake(queue);
-        }
         Ok(outcome)
     }
 
@@ -287,12 +363,12 @@ impl Engine {
         which: &FailedSelection<'_>,
         max_tries: u32,
     ) -> Result<FailedChange, EngineError> {
-        let (change, commit) =
-            self.write(|store, now| store.retry_failed(which, now, max_tries))?;
+        let (change, commit) = self.write(|store, now| {
+            let change = store.retry_failed(which, now, max_tries)?;
+            let readied = Readied::moved(change.ids.clone(), change.queues.iter().cloned());
+            Ok((change, readied))
+        })?;
         commit.wait().await?;
-        for queue in &change.queues {
-            self.wakeups.wake(queue);
-        }
         Ok(change)
     }
 
@@ -301,7 +377,8 @@ impl Engine {
         &self,
         which: &FailedSelection<'_>,
     ) -> Result<FailedChange, EngineError> {
-        let (change, commit) = self.write(|store, _| store.forget_failed(which))?;
+        let (change, commit) =
+            self.write(|store, _| Ok((store.forget_failed(which)?, Readied::none())))?;
         commit.wait().await?;
         Ok(change)
     }
@@ -359,122 +436,4 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::commit::Committer;
-
-    struct Fixture {
-        engine: std::sync::Arc<Engine>,
-        committer: Committer,
-        end: Shutdown,
-        dir: tempfile::TempDir,
-    }
-
-    fn fixture() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let committer = Committer::start(db.clone(), None).unwrap();
-        let end = Shutdown::new();
-        let engine = Engine::new(
-            Store::open(db).unwrap(),
-            committer.handle(),
-            Backoff::new(0, 0),
-            end.clone(),
-        );
-        Fixture {
-            engine: std::sync::Arc::new(engine),
-            committer,
-            end,
-            dir,
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_waiting_reserve_gets_a_job_pushed_meanwhile() {
-        let f = fixture();
-        let engine = f.engine.clone();
-        let waiter =
-            tokio::spawn(async move { engine.reserve("q", 60_000, Duration::from_secs(5)).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let id = f.engine.push("q", b"late", 0, 1).await.unwrap();
-        let job = waiter.await.unwrap().unwrap();
-        assert_eq!((job.id, job.payload.as_slice()), (id, &b"late"[..]));
-        f.committer.stop().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_waiting_reserve_ends_at_the_end_switch_and_after_close_all_fail() {
-        let f = fixture();
-        let engine = f.engine.clone();
-        let waiter =
-            tokio::spawn(async move { engine.reserve("q", 60_000, Duration::from_secs(60)).await });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        f.end
-            .request(securely_core::shutdown::ShutdownKind::Graceful);
-        let result = tokio::time::timeout(Duration::from_secs(2), waiter)
-            .await
-            .expect("the wait ended promptly")
-            .unwrap();
-        assert!(matches!(result, Err(EngineError::ShuttingDown)));
-        f.engine.close(f.committer).await.unwrap();
-        assert!(matches!(
-            f.engine.push("q", b"x", 0, 1).await,
-            Err(EngineError::ShuttingDown)
-        ));
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn pushes_cut_by_the_close_are_either_durable_or_without_effect() {
-        let f = fixture();
-        let pushes: Vec<_> = (0..400u32)
-            .map(|i| {
-                let engine = f.engine.clone();
-                tokio::spawn(async move {
-                    if i % 4 == 0 {
-                        tokio::task::yield_now().await;
-                    }
-                    engine.push("q", &i.to_be_bytes(), 0, 1).await
-                })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        f.engine.close(f.committer).await.unwrap();
-        let mut acknowledged = 0u64;
-        for push in pushes {
-            match push.await.unwrap() {
-                Ok(_) => acknowledged += 1,
-                Err(EngineError::ShuttingDown) => {}
-                Err(e) => panic!("a push was half done: {e}"),
-            }
-        }
-        // Every sled handle is gone: the tree opens again (once sled's I/O threads have
-        // let go of it), with exactly the pushes acknowledged.
-        let db = securely_core::store::open_tree(f.dir.path(), Duration::from_secs(2)).unwrap();
-        let stats = Store::open(db).unwrap().stats(now_ms()).unwrap();
-        let pushed = stats.iter().map(|q| q.pushed_total).sum::<u64>();
-        assert_eq!(pushed, acknowledged);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reserving_plans_the_reaper_for_the_earliest_deadline() {
-        let f = fixture();
-        f.engine.push("q", b"a", 0, 1).await.unwrap();
-        assert_eq!(
-            f.engine.reap().unwrap(),
-            ReapPass {
-                more: false,
-                next_deadline_ms: None
-            }
-        );
-        let job = f.engine.reserve("q", 10_000, Duration::ZERO).await.unwrap();
-        // The reserve noticed its deadline is earlier than the reaper's plan.
-        tokio::time::timeout(Duration::from_secs(1), f.engine.reaper_woken())
-            .await
-            .expect("the reaper was woken");
-        assert_eq!(
-            f.engine.reap().unwrap().next_deadline_ms,
-            Some(job.reserved_until_ms)
-        );
-        f.committer.stop().await;
-    }
-}
+mod tests;

@@ -2,9 +2,9 @@
 //!
 //! On Linux sled's `flush()` writes its log with `pwrite` + `sync_file_range`: enough to
 //! survive SIGKILL, not a power cut (no metadata, no drive cache flush); sled fsyncs only
-//! from its background flusher. [`DiskSync::sync`], called by the committer after each
-//! flush, adds `fdatasync` on our own read-only descriptor of `<tree>/db` (never locked,
-//! so sled's `flock` is untouched). sled writes values too large for its log segments
+//! from its background flusher. [`DiskSync::sync`], called after each flush (see
+//! [`super::DurableTree::commit`]), adds `fdatasync` on our own read-only descriptor of
+//! `<tree>/db` (never locked, so sled's `flock` is untouched). sled writes values too large for its log segments
 //! (nodes over about 128 KiB, i.e. big payloads) as separate files under `<tree>/blobs`,
 //! without syncing them: those that are new or have grown since the last sync are synced
 //! too, and the directory when files appeared.
@@ -41,6 +41,7 @@ impl DiskSync {
 
     /// Syncs every byte sled has written (call after its `flush`).
     pub fn sync(&mut self) -> io::Result<()> {
+        super::fault::before_sync()?;
         self.sync_blobs()?;
         self.log.sync_data()
     }
