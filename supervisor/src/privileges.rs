@@ -1,26 +1,17 @@
 //! Dropping root after the sockets are bound, as pingora does with `user` and `group`.
 
+mod chown_tree;
+
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use nix::unistd::{Gid, Group, Uid, User, setgid, setgroups, setuid};
 
-/// Gives `path` and, when it is a directory, everything below it (without following
-/// symlinks) to `uid`/`gid`.
-fn chown_tree(path: &Path, uid: Option<Uid>, gid: Gid) -> std::io::Result<()> {
-    use nix::fcntl::{AT_FDCWD, AtFlags};
-    nix::unistd::fchownat(AT_FDCWD, path, uid, Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
+use chown_tree::{Owner, chown_tree};
 
 /// Switches to `user`/`group` when running as root, first giving them `owned` (the
-/// runtime dir, the daemons' trees, the socket files, the pid file). Not root: the settings are noted and
+/// runtime dir, the daemons' trees, the socket files, the pid file), each walked by
+/// descriptor without following symlinks ([`chown_tree`]). Not root: the settings are noted and
 /// the current user kept.
 pub fn drop_privileges(
     user: Option<&str>,
@@ -62,8 +53,15 @@ pub fn drop_privileges(
     };
     let uid = user.as_ref().map(|u| u.uid);
     for path in owned {
-        chown_tree(path, uid, gid)
+        let skipped = chown_tree(path, Owner { uid, gid })
             .with_context(|| format!("handing {} to the securely user", path.display()))?;
+        for entry in skipped {
+            eprintln!(
+                "securely: left the owner of {} as it is: {}",
+                entry.path.display(),
+                entry.why
+            );
+        }
     }
     setgroups(&[gid]).context("dropping supplementary groups")?;
     setgid(gid).context("switching group")?;
