@@ -396,7 +396,8 @@ mod tests {
 
     /// The attack this module closes: the tree's owner swaps a subdirectory for a link to a
     /// directory outside (atomically, `RENAME_EXCHANGE`, so the name never goes missing)
-    /// over and over while root walks the tree.
+    /// over and over while root walks the tree. The walk by path this module replaced fails
+    /// it in most runs.
     #[test]
     fn a_subdirectory_swapped_for_a_link_never_leads_outside() {
         if !root("a_subdirectory_swapped_for_a_link_never_leads_outside") {
@@ -404,8 +405,12 @@ mod tests {
         }
         let victim = victim();
         let data = Scratch::new();
-        fs::create_dir(data.join("sub")).unwrap();
-        fs::write(data.join("sub/file"), "x").unwrap();
+        // `sub` holds the names the victim holds, so that a chown by path of `sub/NAME`
+        // reaches the victim's NAME whenever `sub` is the link at that moment.
+        fs::create_dir_all(data.join("sub/conf.d")).unwrap();
+        for name in ["passwd", "shadow", "conf.d/a.conf"] {
+            fs::write(data.join("sub").join(name), "x").unwrap();
+        }
         symlink(&victim.0, data.join("swap")).unwrap();
 
         let stop = Arc::new(AtomicBool::new(false));
