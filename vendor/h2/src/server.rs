@@ -1702,13 +1702,26 @@ impl proto::Peer for Peer {
         // header
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
-                    "malformed headers: malformed authority ({:?}): {}",
-                    authority,
-                    why,
-                )
-            })?);
+
+            // SECURELY PATCH (see SECURELY-PATCH.md): the change of hyperium/h2 PR 487
+            // (tonic issue 742). gRPC clients over a Unix socket (grpc-core, grpc-java)
+            // send the socket path as `:authority` (`/run/x.sock`, `run%2Fx.sock`), which
+            // is no URI authority. Upstream resets such a stream with PROTOCOL_ERROR;
+            // here the request goes on without an authority, and a malformed one is
+            // refused only for CONNECT, where `:authority` is the target (RFC 9113 8.5).
+            if is_connect {
+                if let Err(why) = &maybe_authority {
+                    malformed!(
+                        "malformed headers: malformed authority ({:?}): {}",
+                        authority,
+                        why,
+                    );
+                }
+            }
+
+            // `:authority` is optional outside CONNECT (RFC 9113 8.3.1), so a request
+            // without a parsable one is treated as having none.
+            parts.authority = maybe_authority.ok();
         }
 
         // A :scheme is required, except CONNECT.
