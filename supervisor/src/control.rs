@@ -13,6 +13,7 @@ use securely_proto::supervisor::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::operation::Operation;
 use crate::stack::Stack;
 use crate::state::Upgrades;
 use crate::trigger::UpgradeTrigger;
@@ -106,10 +107,10 @@ impl Supervisor for ControlService {
         })?;
         let guard = self
             .stack
-            .begin(&format!("a restart of {name}"))
-            .map_err(Status::unavailable)?;
+            .begin(Operation::Restart(name.clone()))
+            .map_err(|busy| Status::unavailable(busy.to_string()))?;
         tracing::info!(daemon = %name, "restart requested");
-        match slot.replace(None, Some(guard)).await {
+        match slot.replace(Some(guard)).await {
             Ok(replaced) => Ok(Response::new(RestartReply {
                 pid: replaced.pid,
                 old_pid: replaced.old_pid,

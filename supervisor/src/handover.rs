@@ -24,8 +24,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::child::{self, Instance};
-use crate::slot::{FAST_STOP_TIMEOUT, SlotSpec};
+use crate::spec::SlotSpec;
 use crate::state::SlotStatus;
+use crate::stopping;
 
 /// How long a new instance may take from start to serving.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -173,13 +174,7 @@ async fn abandon(
 ) -> HandoverError {
     let reason = match missed {
         Missed::Stop(kind) => {
-            new.signal(nix::sys::signal::Signal::SIGINT);
-            if tokio::time::timeout(FAST_STOP_TIMEOUT, new.wait())
-                .await
-                .is_err()
-            {
-                let _ = new.kill().await;
-            }
+            stopping::stop_fast(new).await;
             return HandoverError::Stop(kind);
         }
         Missed::Failed(reason) => reason,

@@ -19,6 +19,7 @@ mod control;
 mod daemonize;
 mod handover;
 mod load;
+mod operation;
 mod pidfile;
 mod privileges;
 mod serve;
@@ -26,8 +27,10 @@ mod serving;
 mod signals;
 mod slot;
 mod sockets;
+mod spec;
 mod stack;
 mod state;
+mod stopping;
 mod trigger;
 mod upgrade;
 

@@ -1,17 +1,22 @@
 //! One daemon under supervision: start it, hand it over to a new instance on request,
 //! restart it with backoff when it dies, stop it when the stack stops.
 //!
-//! Each slot runs as one task through named phases: **hand-over** (start a new instance
-//! and move the daemon's sled tree to it, see [`crate::handover`]; after a crash or at
-//! first there is no old instance), **run** (until the instance exits, a replacement is
-//! requested, the supervisor re-executes or the stack stops), **backoff** (after a
-//! failure), **stop**. A replaced instance is **retired**: it drains on its own task,
-//! bounded by the grace period. Every phase watches the stack's [`Shutdown`], so a stop is
-//! never lost or delayed, and a fast stop overrides a graceful one in progress.
+//! Each slot runs as one task, one loop over explicit [`Phase`]s:
+//!
+//! - **start**: hand the daemon over from nobody to a new instance (first start, after a
+//!   failure, or on request during a backoff; see [`crate::handover`]);
+//! - **run**: until the instance exits, a request arrives or the stack stops;
+//! - **replace**: on request, hand the daemon over from the serving instance to a new one;
+//!   the replaced instance is **retired** (it drains on its own task, bounded by the
+//!   grace period);
+//! - **backoff**: after a failure, until the next start is due (a request starts it now);
+//! - **stop** or **export**: the end of the slot's task.
+//!
+//! Every phase watches the stack's [`Shutdown`], so a stop is never lost or delayed, and
+//! a fast stop overrides a graceful one in progress.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use securely_core::readiness::Notice;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
@@ -22,31 +27,10 @@ use crate::backoff;
 use crate::carried::ExportedSlot;
 use crate::child::{self, Instance};
 use crate::handover::{self, HandoverError};
-use crate::sockets::DaemonSockets;
-use crate::stack::OperationGuard;
+use crate::operation::OperationGuard;
+use crate::spec::SlotSpec;
 use crate::state::{DaemonState, SlotStatus};
-
-/// How long an instance told to stop fast (SIGINT) gets before SIGKILL.
-pub const FAST_STOP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Extra time after the grace period before a draining instance is killed.
-pub const GRACE_MARGIN: Duration = Duration::from_secs(1);
-
-/// What a slot needs to start instances.
-#[derive(Debug)]
-pub struct SlotSpec {
-    /// `proxyd`, `dnsd` or `queued`.
-    pub name: &'static str,
-    /// The daemon's executable.
-    pub binary: PathBuf,
-    /// The sockets handed to every instance.
-    pub sockets: DaemonSockets,
-    /// The daemon's sled tree (for status).
-    pub tree: String,
-    /// The resolved settings, as handed to the daemon.
-    pub settings_yaml: Arc<String>,
-    /// How long a draining instance may take.
-    pub grace: Duration,
-}
+use crate::stopping::{self, GRACE_MARGIN};
 
 /// A completed hand-over.
 #[derive(Debug, Clone, Copy)]
@@ -57,19 +41,43 @@ pub struct Replaced {
     pub old_pid: u32,
 }
 
+/// A request for a hand-over, answered once it is over.
+struct ReplaceRequest {
+    reply: oneshot::Sender<Result<Replaced, String>>,
+    /// The right to run it, held until it is done (even if the caller goes away).
+    _guard: Option<OperationGuard>,
+}
+
+impl ReplaceRequest {
+    fn answer(self, result: Result<Replaced, String>) {
+        let _ = self.reply.send(result);
+    }
+}
+
 /// What the rest of the supervisor asks of a slot.
 enum Request {
-    /// Hand the daemon over to a new instance, of `spec` when given.
-    Replace {
-        spec: Option<Arc<SlotSpec>>,
-        reply: oneshot::Sender<Result<Replaced, String>>,
-        /// The right to run it, held until it is done (even if the caller goes away).
-        guard: Option<OperationGuard>,
-    },
+    /// Hand the daemon over to a new instance.
+    Replace(ReplaceRequest),
     /// Give up the instances, still running, for an exec of the supervisor.
     Export(oneshot::Sender<ExportedSlot>),
     /// Have the instance close its sled tree (it keeps serving what needs none).
     Release(oneshot::Sender<()>),
+}
+
+/// The phases of a slot's task; each returns the next.
+enum Phase {
+    /// Start a new instance, answering `request` if one asked for it.
+    Start(Option<ReplaceRequest>),
+    /// An instance serves.
+    Run(Instance),
+    /// Hand the daemon over from the serving instance to a new one.
+    Replace(Instance, ReplaceRequest),
+    /// Wait after a failure (the reason) before the next start.
+    Backoff(String),
+    /// Stop the serving instance, if any, and end.
+    Stop(Option<Instance>, ShutdownKind),
+    /// Hand the instances, still running, to the next image of the supervisor, and end.
+    Export(Option<Instance>, oneshot::Sender<ExportedSlot>),
 }
 
 /// The handle the rest of the supervisor holds on a slot.
@@ -79,16 +87,6 @@ pub struct Slot {
     pub name: &'static str,
     status: watch::Receiver<SlotStatus>,
     requests: mpsc::Sender<Request>,
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Request::Replace { .. } => "Replace",
-            Request::Export(_) => "Export",
-            Request::Release(_) => "Release",
-        })
-    }
 }
 
 impl Slot {
@@ -145,18 +143,17 @@ impl Slot {
         self.status.clone()
     }
 
-    /// Hands the daemon over to a new instance (of `spec` when given); answers once the
-    /// new one serves, or with the reason it failed (the old one then still serves).
-    /// `guard`, if given, is held until the hand-over is over.
-    pub async fn replace(
-        &self,
-        spec: Option<SlotSpec>,
-        guard: Option<OperationGuard>,
-    ) -> Result<Replaced, String> {
+    /// Hands the daemon over to a new instance; answers once the new one serves, or with
+    /// the reason it failed (the old one then still serves). `guard`, if given, is held
+    /// until the hand-over is over.
+    pub async fn replace(&self, guard: Option<OperationGuard>) -> Result<Replaced, String> {
         let (reply, answer) = oneshot::channel();
-        let spec = spec.map(Arc::new);
+        let request = ReplaceRequest {
+            reply,
+            _guard: guard,
+        };
         self.requests
-            .send(Request::Replace { spec, reply, guard })
+            .send(Request::Replace(request))
             .await
             .map_err(|_| format!("{} is stopped", self.name))?;
         answer
@@ -187,26 +184,6 @@ impl Slot {
     }
 }
 
-/// How the run phase ended.
-enum RunEnd {
-    /// The instance exited.
-    Exited(String),
-    /// The stack stops.
-    Stop(ShutdownKind),
-    /// A request arrived.
-    Request(Request),
-}
-
-/// How a backoff ended.
-enum AfterBackoff {
-    /// Time to start a new instance.
-    Start,
-    /// A replacement requested meanwhile started one, which serves.
-    Serving(Box<Instance>),
-    /// The slot ends (stop or export).
-    End,
-}
-
 /// The task behind a [`Slot`].
 struct Supervision {
     spec: Arc<SlotSpec>,
@@ -222,102 +199,30 @@ struct Supervision {
 }
 
 impl Supervision {
+    /// The loop over the phases.
     async fn run(mut self, adopted: Option<ExportedSlot>) {
-        let mut current = self.adopt(adopted);
+        let mut phase = match self.adopt(adopted) {
+            Some(instance) => Phase::Run(instance),
+            None => Phase::Start(None),
+        };
         loop {
-            if let Some(kind) = self.shutdown.requested()
-                && current.is_none()
-            {
-                self.finish(kind).await;
-                return;
-            }
-            let serving = match current.take() {
-                Some(instance) => instance,
-                // Phase: hand-over, from nobody (first start, or after a failure).
-                None => match self.hand_over(None, self.spec.clone()).await {
-                    Ok(instance) => instance,
-                    Err(HandoverError::Stop(kind)) => {
-                        self.finish(kind).await;
-                        return;
+            phase = match phase {
+                Phase::Start(request) => self.start(request).await,
+                Phase::Run(instance) => self.run_instance(instance).await,
+                Phase::Replace(old, request) => self.replace(old, request).await,
+                Phase::Backoff(reason) => self.back_off(reason).await,
+                Phase::Stop(instance, kind) => {
+                    if let Some(instance) = instance {
+                        self.stop_instance(&instance, kind).await;
                     }
-                    Err(HandoverError::Failed { reason, .. }) => {
-                        match self.fail_and_back_off(reason).await {
-                            AfterBackoff::Start => continue,
-                            AfterBackoff::Serving(new) => *new,
-                            AfterBackoff::End => return,
-                        }
-                    }
-                },
-            };
-
-            // Phase: run.
-            let ready_at = Instant::now();
-            match self.run_instance(&serving).await {
-                RunEnd::Exited(how) => {
-                    if ready_at.elapsed() >= backoff::STABLE_AFTER {
-                        self.status.send_modify(|s| s.consecutive_failures = 0);
-                    }
-                    match self.fail_and_back_off(how).await {
-                        AfterBackoff::Start => {}
-                        AfterBackoff::Serving(new) => current = Some(*new),
-                        AfterBackoff::End => return,
-                    }
-                }
-                RunEnd::Stop(kind) => {
-                    self.stop_instance(&serving, kind).await;
                     self.finish(kind).await;
                     return;
                 }
-                RunEnd::Request(Request::Export(reply)) => {
-                    let _ = reply.send(self.export(Some(serving)).await);
+                Phase::Export(instance, reply) => {
+                    let _ = reply.send(self.export(instance).await);
                     return;
                 }
-                RunEnd::Request(Request::Release(reply)) => {
-                    handover::release(self.spec.name, &serving).await;
-                    let _ = reply.send(());
-                    current = Some(serving);
-                }
-                RunEnd::Request(Request::Replace {
-                    spec,
-                    reply,
-                    guard: _held,
-                }) => {
-                    let spec = spec.unwrap_or_else(|| self.spec.clone());
-                    match self.hand_over(Some(&serving), spec.clone()).await {
-                        Ok(new) => {
-                            let _ = reply.send(Ok(Replaced {
-                                pid: new.pid,
-                                old_pid: serving.pid,
-                            }));
-                            self.spec = spec;
-                            self.retire(serving);
-                            current = Some(new);
-                        }
-                        Err(HandoverError::Failed { reason, old_lost }) => {
-                            let _ = reply.send(Err(reason.clone()));
-                            if old_lost {
-                                match self.fail_and_back_off(reason).await {
-                                    AfterBackoff::Start => {}
-                                    AfterBackoff::Serving(new) => current = Some(*new),
-                                    AfterBackoff::End => return,
-                                }
-                            } else {
-                                self.status.send_modify(|s| {
-                                    s.enter(DaemonState::Ready);
-                                    s.pid = serving.pid;
-                                });
-                                current = Some(serving);
-                            }
-                        }
-                        Err(HandoverError::Stop(kind)) => {
-                            let _ = reply.send(Err(format!("the stack is stopping ({kind:?})")));
-                            self.stop_instance(&serving, kind).await;
-                            self.finish(kind).await;
-                            return;
-                        }
-                    }
-                }
-            }
+            };
         }
     }
 
@@ -334,11 +239,7 @@ impl Supervision {
         match Instance::adopt(exported) {
             Ok(instance) => {
                 tracing::info!(daemon = self.spec.name, pid = instance.pid, "adopted");
-                self.status.send_modify(|s| {
-                    s.enter(DaemonState::Ready);
-                    s.pid = instance.pid;
-                    s.ready_since = Some(Instant::now());
-                });
+                self.now_serving(&instance);
                 Some(instance)
             }
             Err(e) => {
@@ -352,31 +253,43 @@ impl Supervision {
         }
     }
 
-    /// Starts a new instance of `spec` and hands the daemon over to it from `old`.
-    async fn hand_over(
-        &mut self,
-        old: Option<&Instance>,
-        spec: Arc<SlotSpec>,
-    ) -> Result<Instance, HandoverError> {
-        if old.is_none() {
-            self.status.send_modify(|s| s.enter(DaemonState::Starting));
+    /// Phase: start. The hand-over from nobody.
+    async fn start(&mut self, request: Option<ReplaceRequest>) -> Phase {
+        if let Some(kind) = self.shutdown.requested() {
+            if let Some(request) = request {
+                request.answer(Err(stopping(kind)));
+            }
+            return Phase::Stop(None, kind);
         }
-        if self.started_once {
-            self.status.send_modify(|s| s.restarts += 1);
+        let result = self.hand_over(None).await;
+        match result {
+            Ok(new) => {
+                if let Some(request) = request {
+                    request.answer(Ok(Replaced {
+                        pid: new.pid,
+                        old_pid: 0,
+                    }));
+                }
+                Phase::Run(new)
+            }
+            Err(HandoverError::Failed { reason, .. }) => {
+                if let Some(request) = request {
+                    request.answer(Err(reason.clone()));
+                }
+                Phase::Backoff(reason)
+            }
+            Err(HandoverError::Stop(kind)) => {
+                if let Some(request) = request {
+                    request.answer(Err(stopping(kind)));
+                }
+                Phase::Stop(None, kind)
+            }
         }
-        self.started_once = true;
-        let new = handover::run(&spec, old, &self.status, &self.shutdown).await?;
-        tracing::info!(daemon = spec.name, pid = new.pid, "ready");
-        self.status.send_modify(|s| {
-            s.enter(DaemonState::Ready);
-            s.pid = new.pid;
-            s.ready_since = Some(Instant::now());
-        });
-        Ok(new)
     }
 
-    /// Follows a serving instance until it exits, a request arrives or the stack stops.
-    async fn run_instance(&mut self, instance: &Instance) -> RunEnd {
+    /// Phase: run. Follows a serving instance until it exits, a request arrives or the
+    /// stack stops.
+    async fn run_instance(&mut self, instance: Instance) -> Phase {
         let mut notices_open = true;
         loop {
             tokio::select! {
@@ -388,11 +301,120 @@ impl Supervision {
                     Some(_) => {}
                     None => notices_open = false,
                 },
-                exit = instance.wait() => return RunEnd::Exited(child::describe_exit(exit)),
-                kind = self.shutdown.wait() => return RunEnd::Stop(kind),
-                Some(request) = self.requests.recv() => return RunEnd::Request(request),
+                exit = instance.wait() => {
+                    let stable = self
+                        .status
+                        .borrow()
+                        .ready_since
+                        .is_some_and(|since| since.elapsed() >= backoff::STABLE_AFTER);
+                    if stable {
+                        self.status.send_modify(|s| s.consecutive_failures = 0);
+                    }
+                    return Phase::Backoff(child::describe_exit(exit));
+                }
+                kind = self.shutdown.wait() => return Phase::Stop(Some(instance), kind),
+                Some(request) = self.requests.recv() => match request {
+                    Request::Replace(request) => return Phase::Replace(instance, request),
+                    Request::Export(reply) => return Phase::Export(Some(instance), reply),
+                    Request::Release(reply) => {
+                        handover::release(self.spec.name, &instance).await;
+                        let _ = reply.send(());
+                    }
+                },
             }
         }
+    }
+
+    /// Phase: replace. The hand-over from the serving instance, which is retired once the
+    /// new one serves, or serves on when the new one failed (unless it is gone too).
+    async fn replace(&mut self, old: Instance, request: ReplaceRequest) -> Phase {
+        match self.hand_over(Some(&old)).await {
+            Ok(new) => {
+                request.answer(Ok(Replaced {
+                    pid: new.pid,
+                    old_pid: old.pid,
+                }));
+                self.retire(old);
+                Phase::Run(new)
+            }
+            Err(HandoverError::Failed { reason, old_lost }) => {
+                request.answer(Err(reason.clone()));
+                if old_lost {
+                    return Phase::Backoff(reason);
+                }
+                self.status.send_modify(|s| {
+                    s.enter(DaemonState::Ready);
+                    s.pid = old.pid;
+                });
+                Phase::Run(old)
+            }
+            Err(HandoverError::Stop(kind)) => {
+                request.answer(Err(stopping(kind)));
+                Phase::Stop(Some(old), kind)
+            }
+        }
+    }
+
+    /// Phase: backoff. Records the failure, then waits until the next start is due,
+    /// still obeying requests and stops.
+    async fn back_off(&mut self, reason: String) -> Phase {
+        tracing::warn!(daemon = self.spec.name, "{reason}");
+        self.status.send_modify(|s| {
+            s.consecutive_failures += 1;
+            s.last_exit = reason;
+            s.pid = 0;
+            s.ready_since = None;
+        });
+        let failures = self.status.borrow().consecutive_failures;
+        let delay = backoff::delay(failures);
+        self.status.send_modify(|s| {
+            s.enter(if failures >= backoff::CRASH_LOOP_THRESHOLD {
+                DaemonState::Failed
+            } else {
+                DaemonState::Backoff
+            });
+            s.next_start_at = Some(Instant::now() + delay);
+        });
+        let due = tokio::time::sleep(delay);
+        tokio::pin!(due);
+        loop {
+            tokio::select! {
+                () = &mut due => return Phase::Start(None),
+                kind = self.shutdown.wait() => return Phase::Stop(None, kind),
+                Some(request) = self.requests.recv() => match request {
+                    // A replacement now is the next start, without waiting.
+                    Request::Replace(request) => return Phase::Start(Some(request)),
+                    Request::Export(reply) => return Phase::Export(None, reply),
+                    Request::Release(reply) => {
+                        let _ = reply.send(());
+                    }
+                },
+            }
+        }
+    }
+
+    /// Starts a new instance and hands the daemon over to it from `old`.
+    async fn hand_over(&mut self, old: Option<&Instance>) -> Result<Instance, HandoverError> {
+        if old.is_none() {
+            self.status.send_modify(|s| s.enter(DaemonState::Starting));
+        }
+        if self.started_once {
+            self.status.send_modify(|s| s.restarts += 1);
+        }
+        self.started_once = true;
+        let new = handover::run(&self.spec, old, &self.status, &self.shutdown).await?;
+        tracing::info!(daemon = self.spec.name, pid = new.pid, "ready");
+        self.now_serving(&new);
+        Ok(new)
+    }
+
+    /// Shows `instance` as the one serving, ready since now.
+    fn now_serving(&self, instance: &Instance) {
+        self.status.send_modify(|s| {
+            s.enter(DaemonState::Ready);
+            s.pid = instance.pid;
+            s.ready_since = Some(Instant::now());
+        });
     }
 
     /// Tells a replaced instance to drain, and follows it on its own task.
@@ -416,7 +438,7 @@ impl Supervision {
         let mut exporting = self.exporting.subscribe();
         self.retiring.spawn(async move {
             tokio::select! {
-                how = drain(&instance, patience, &shutdown) => {
+                how = stopping::drain(&instance, patience, &shutdown) => {
                     tracing::info!(daemon = name, pid, "replaced instance {how}");
                     status.send_modify(|s| s.draining.retain(|p| *p != pid));
                     None
@@ -461,72 +483,8 @@ impl Supervision {
         }
     }
 
-    /// Records a failure, then waits out the backoff, still obeying requests and stops.
-    async fn fail_and_back_off(&mut self, reason: String) -> AfterBackoff {
-        tracing::warn!(daemon = self.spec.name, "{reason}");
-        self.status.send_modify(|s| {
-            s.consecutive_failures += 1;
-            s.last_exit = reason.clone();
-            s.pid = 0;
-            s.ready_since = None;
-        });
-        let failures = self.status.borrow().consecutive_failures;
-        let delay = backoff::delay(failures);
-        self.status.send_modify(|s| {
-            s.enter(if failures >= backoff::CRASH_LOOP_THRESHOLD {
-                DaemonState::Failed
-            } else {
-                DaemonState::Backoff
-            });
-            s.next_start_at = Some(Instant::now() + delay);
-        });
-        let backoff = tokio::time::sleep(delay);
-        tokio::pin!(backoff);
-        loop {
-            tokio::select! {
-                () = &mut backoff => return AfterBackoff::Start,
-                kind = self.shutdown.wait() => {
-                    self.finish(kind).await;
-                    return AfterBackoff::End;
-                }
-                Some(request) = self.requests.recv() => match request {
-                    // A replacement now is the next start, without waiting.
-                    Request::Replace {
-                        spec,
-                        reply,
-                        guard: _held,
-                    } => {
-                        let spec = spec.unwrap_or_else(|| self.spec.clone());
-                        return match self.hand_over(None, spec.clone()).await {
-                            Ok(new) => {
-                                let _ = reply.send(Ok(Replaced { pid: new.pid, old_pid: 0 }));
-                                self.spec = spec;
-                                AfterBackoff::Serving(Box::new(new))
-                            }
-                            Err(HandoverError::Failed { reason, .. }) => {
-                                let _ = reply.send(Err(reason.clone()));
-                                Box::pin(self.fail_and_back_off(reason)).await
-                            }
-                            Err(HandoverError::Stop(kind)) => {
-                                let _ = reply.send(Err("the stack is stopping".into()));
-                                self.finish(kind).await;
-                                AfterBackoff::End
-                            }
-                        };
-                    }
-                    Request::Release(reply) => {
-                        let _ = reply.send(());
-                    }
-                    Request::Export(reply) => {
-                        let _ = reply.send(self.export(None).await);
-                        return AfterBackoff::End;
-                    }
-                },
-            }
-        }
-    }
-
-    /// The slot ends: waits for the replaced instances still draining.
+    /// The slot ends: waits for the replaced instances still draining, and refuses the
+    /// requests still queued.
     async fn finish(&mut self, kind: ShutdownKind) {
         self.status.send_modify(|s| {
             s.enter(DaemonState::Stopped);
@@ -541,29 +499,16 @@ impl Supervision {
         while self.retiring.join_next().await.is_some() {}
         self.requests.close();
         while let Ok(request) = self.requests.try_recv() {
-            if let Request::Replace { reply, .. } = request {
-                let _ = reply.send(Err("the stack is stopping".into()));
+            if let Request::Replace(request) = request {
+                request.answer(Err(stopping(kind)));
             }
         }
     }
 
-    /// Asks the instance to stop (SIGTERM to drain, SIGINT to stop fast) and kills it
-    /// when it overstays. A fast stop of the stack during a drain turns it into a fast
-    /// stop of the instance.
+    /// Stops the serving instance as the stack stops.
     async fn stop_instance(&mut self, instance: &Instance, kind: ShutdownKind) {
-        use nix::sys::signal::Signal;
         self.status.send_modify(|s| s.enter(DaemonState::Draining));
-        let patience = match kind {
-            ShutdownKind::Graceful => {
-                instance.signal(Signal::SIGTERM);
-                self.spec.grace + GRACE_MARGIN
-            }
-            ShutdownKind::Fast => {
-                instance.signal(Signal::SIGINT);
-                FAST_STOP_TIMEOUT
-            }
-        };
-        let how = drain(instance, patience, &self.shutdown).await;
+        let how = stopping::stop(instance, kind, self.spec.grace, &self.shutdown).await;
         tracing::info!(
             daemon = self.spec.name,
             pid = instance.pid,
@@ -577,33 +522,7 @@ impl Supervision {
     }
 }
 
-/// Waits for an instance already told to stop, for at most `patience`; a fast stop of
-/// the stack meanwhile sends SIGINT and shortens the wait; an instance that overstays is
-/// killed. Returns how it ended.
-pub async fn drain(instance: &Instance, patience: Duration, shutdown: &Shutdown) -> String {
-    use nix::sys::signal::Signal;
-    let mut deadline = tokio::time::Instant::now() + patience;
-    let mut hurried = false;
-    let exit = loop {
-        tokio::select! {
-            exit = instance.wait() => break Some(exit),
-            () = tokio::time::sleep_until(deadline) => break None,
-            () = shutdown.wait_fast(), if !hurried => {
-                hurried = true;
-                instance.signal(Signal::SIGINT);
-                deadline = deadline.min(tokio::time::Instant::now() + FAST_STOP_TIMEOUT);
-            }
-        }
-    };
-    match exit {
-        Some(exit) => child::describe_exit(exit),
-        None => {
-            tracing::warn!(
-                pid = instance.pid,
-                "still running after its stop time; killing"
-            );
-            let _ = instance.kill().await;
-            "killed after overstaying its stop".into()
-        }
-    }
+/// The answer to a request the stack's stop overtook.
+fn stopping(kind: ShutdownKind) -> String {
+    format!("the stack is stopping ({kind:?})")
 }

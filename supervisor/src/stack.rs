@@ -11,9 +11,10 @@ use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tokio::task::JoinHandle;
 
 use crate::carried::ExportedSlot;
-use crate::child;
-use crate::slot::{Slot, SlotSpec};
+use crate::operation::{Busy, Operation, OperationGuard, Operations};
+use crate::slot::Slot;
 use crate::sockets::DaemonSockets;
+use crate::spec::SlotSpec;
 use crate::state::DaemonState;
 
 /// Every daemon under supervision.
@@ -22,30 +23,8 @@ pub struct Stack {
     slots: Vec<Slot>,
     tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
-    /// Held by the one restart or upgrade that may run at a time; names it.
-    operation: Arc<tokio::sync::Mutex<()>>,
-    operation_name: std::sync::Mutex<String>,
-}
-
-/// The right to run a restart or an upgrade, until dropped.
-pub type OperationGuard = tokio::sync::OwnedMutexGuard<()>;
-
-/// The spec of daemon `name`'s slot under `settings`, with `sockets`.
-pub fn slot_spec(
-    settings: &Settings,
-    settings_yaml: &Arc<String>,
-    exe: &Path,
-    name: &'static str,
-    sockets: DaemonSockets,
-) -> SlotSpec {
-    SlotSpec {
-        name,
-        binary: child::binary_path(exe, name),
-        sockets,
-        tree: settings.daemon_tree(name).display().to_string(),
-        settings_yaml: settings_yaml.clone(),
-        grace: settings.grace_period(),
-    }
+    /// The one restart or upgrade that may run at a time.
+    operations: Operations,
 }
 
 impl Stack {
@@ -65,7 +44,7 @@ impl Stack {
         let mut slots = Vec::new();
         let mut tasks = Vec::new();
         for (name, sockets) in daemons {
-            let spec = slot_spec(settings, &settings_yaml, exe, name, sockets);
+            let spec = SlotSpec::new(settings, &settings_yaml, exe, name, sockets);
             let (slot, task) = Slot::start(spec, shutdown.clone(), adopted.remove(name));
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
@@ -80,27 +59,13 @@ impl Stack {
             slots,
             tasks: tokio::sync::Mutex::new(tasks),
             started,
-            operation: Arc::new(tokio::sync::Mutex::new(())),
-            operation_name: std::sync::Mutex::new(String::new()),
+            operations: Operations::default(),
         }
     }
 
-    /// Claims the right to run `what` (a restart or an upgrade): one at a time, a second
-    /// gets a "busy" error naming the one running.
-    pub fn begin(&self, what: &str) -> Result<OperationGuard, String> {
-        let mut name = self
-            .operation_name
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match self.operation.clone().try_lock_owned() {
-            Ok(guard) => {
-                *name = what.to_string();
-                Ok(guard)
-            }
-            Err(_) => Err(format!(
-                "busy: {name} is in progress; try again when it is done"
-            )),
-        }
+    /// Claims the right to run `operation` (a restart or an upgrade): one at a time.
+    pub fn begin(&self, operation: Operation) -> Result<OperationGuard, Busy> {
+        self.operations.begin(operation)
     }
 
     /// Ends supervision without stopping the daemons, for an exec of the supervisor:

@@ -117,6 +117,18 @@ fn a_crash_loop_is_visible_and_the_supervisor_survives_it() {
     assert!(!status["last_exit"].as_str().unwrap().is_empty());
     // The others keep serving and the supervisor answers.
     assert_eq!(stack.daemon_status("dnsd").unwrap()["state"], "ready");
+    // A restart requested meanwhile is the next attempt, at once; when it fails too, the
+    // answer says why, the failure counts and the backoff goes on.
+    let before = status["consecutive_failures"].as_u64().unwrap();
+    let out = stack.ctl(&["restart", "queued"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("restart of queued failed"), "{err}");
+    let after = stack.daemon_status("queued").unwrap();
+    assert!(
+        after["consecutive_failures"].as_u64().unwrap() > before,
+        "{after}"
+    );
     // Repair: the next attempt succeeds.
     std::fs::remove_file(&tree).unwrap();
     stack.ctl_ok(&["restart", "queued"]);

@@ -38,6 +38,7 @@ pub use resume::{continue_upgrade, resume};
 use crate::carried::{CarriedState, ExportedSlot};
 use crate::child;
 use crate::control;
+use crate::operation::Operation;
 use crate::serving::Serving;
 use crate::signals;
 use crate::stack::Stack;
@@ -79,11 +80,11 @@ pub async fn upgrade(
         );
         return Upgraded::Unchanged;
     }
-    let _guard = match stack.begin("an upgrade") {
+    let _guard = match stack.begin(Operation::Upgrade) {
         Ok(guard) => guard,
         Err(busy) => {
             tracing::warn!("upgrade refused: {busy}");
-            answer(request.reply, Err(busy));
+            answer(request.reply, Err(busy.to_string()));
             return Upgraded::Unchanged;
         }
     };

@@ -10,6 +10,7 @@ use securely_core::readiness::Notifier;
 use securely_core::settings::Settings;
 
 use crate::carried::CarriedState;
+use crate::operation::Operation;
 use crate::pidfile::PidFile;
 use crate::serving::{Beginning, Serving};
 use crate::sockets::StackSockets;
@@ -74,7 +75,7 @@ pub async fn continue_upgrade(
     notifier: Arc<Notifier>,
     problem: Option<String>,
 ) {
-    let _guard = stack.begin("an upgrade");
+    let _guard = stack.begin(Operation::Upgrade);
     if let Some(problem) = problem {
         tracing::error!("upgrade failed: {problem}");
         upgrades.finish(Err(problem));
@@ -85,7 +86,7 @@ pub async fn continue_upgrade(
     let mut failed = Vec::new();
     for slot in stack.slots() {
         upgrades.progress(format!("handing {} over to its new binary", slot.name));
-        match slot.replace(None, None).await {
+        match slot.replace(None).await {
             Ok(replaced) => done.push(format!(
                 "{} {} -> {}",
                 slot.name, replaced.old_pid, replaced.pid
