@@ -96,7 +96,7 @@ impl Supervisor for ControlService {
     ) -> Result<Response<RestartReply>, Status> {
         self.access.authorize(&request)?;
         if self.shutdown.requested().is_some() {
-            return Err(Status::unavailable("the stack is shutting down"));
+            return Err(Status::unavailable("the stack is stopping"));
         }
         let name = request.into_inner().daemon;
         let slot = self.stack.slot(&name).ok_or_else(|| {
@@ -127,7 +127,7 @@ impl Supervisor for ControlService {
     ) -> Result<Response<ReloadReply>, Status> {
         self.access.authorize(&request)?;
         if self.shutdown.requested().is_some() {
-            return Err(Status::unavailable("the stack is shutting down"));
+            return Err(Status::unavailable("the stack is stopping"));
         }
         let (reply, answer) = oneshot::channel();
         self.trigger
