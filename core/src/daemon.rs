@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::bind;
+use crate::cli::{DaemonArgs, Parsed};
 use crate::control::{ControlService, DaemonInfo};
 use crate::listen_fds::{InheritedFds, ListenFdsError, names};
-use crate::readiness::{Command, Notice, Notifier};
+use crate::readiness::{Command, Notice, Notifier, NotifyFdError};
 use crate::rpc::Access;
 use crate::settings::{LoadError, SETTINGS_ENV, Settings, SettingsError};
 use crate::shutdown::{Shutdown, ShutdownKind};
@@ -33,6 +34,9 @@ pub enum StartError {
     /// The inherited sockets are wrong.
     #[error(transparent)]
     Fds(#[from] ListenFdsError),
+    /// The inherited notification socket is wrong.
+    #[error(transparent)]
+    Notify(#[from] NotifyFdError),
     /// A socket could not be bound (standalone) or used.
     #[error("{what}: {reason}")]
     Socket {
@@ -87,8 +91,15 @@ impl Daemon {
         name: &'static str,
         default_filter: &str,
     ) -> Result<Self, StartError> {
-        let config = parse_args(name)?;
-        let settings = match config {
+        let args = match DaemonArgs::parse_for(name, std::env::args_os()) {
+            Ok(Parsed::Run(args)) => args,
+            Ok(Parsed::Info(text)) => {
+                print!("{text}");
+                std::process::exit(0);
+            }
+            Err(usage) => return Err(StartError::Usage(usage)),
+        };
+        let settings = match args.conf {
             Some(path) => Settings::load(&path)?,
             None => match std::env::var(SETTINGS_ENV) {
                 Ok(text) => Settings::from_yaml(&text, SETTINGS_ENV, |_| {})?,
@@ -103,7 +114,20 @@ impl Daemon {
             default_filter,
         );
         let fds = InheritedFds::from_env()?;
-        let notifier = Arc::new(Notifier::from_env());
+        let notifier = Notifier::from_env()?;
+        Ok(Self::new(name, settings, fds, notifier))
+    }
+
+    /// A daemon with these settings, sockets and notification channel (what
+    /// [`Daemon::start`] builds from the process's command line and environment). Starts
+    /// the thread that reads the supervisor's commands.
+    pub fn new(
+        name: &'static str,
+        settings: Settings,
+        fds: InheritedFds,
+        notifier: Notifier,
+    ) -> Self {
+        let notifier = Arc::new(notifier);
         let shutdown = Shutdown::new();
         let on_gone = shutdown.clone();
         let commands = notifier.listen(move || {
@@ -111,7 +135,7 @@ impl Daemon {
             on_gone.request(ShutdownKind::Graceful);
         });
         let access = Access::new(settings.user.as_deref(), settings.group.as_deref());
-        Ok(Self {
+        Self {
             name,
             settings,
             fds,
@@ -119,13 +143,13 @@ impl Daemon {
             shutdown,
             access,
             commands: tokio::sync::Mutex::new(commands),
-        })
+        }
     }
 
     /// The gRPC listener: inherited, or bound at the daemon's socket path when standalone.
     pub fn grpc_listener(&mut self) -> Result<UnixListener, StartError> {
-        match self.fds.take_all(names::GRPC).into_iter().next() {
-            Some(fd) => Ok(UnixListener::from(fd)),
+        match self.fds.take_unix(names::GRPC)?.into_iter().next() {
+            Some(listener) => Ok(listener),
             None => {
                 let path = self.socket_path();
                 crate::paths::create_runtime_dir(&self.settings.runtime_dir()).map_err(
@@ -234,39 +258,4 @@ impl Daemon {
     pub fn stopping(&self) {
         self.notifier.notify(Notice::Stopping);
     }
-}
-
-fn parse_args(name: &str) -> Result<Option<PathBuf>, StartError> {
-    let usage = || {
-        format!(
-            "usage: securely-{name} [-c FILE]\n\nRun by the securely supervisor, which hands it its sockets \
-             and settings; run by hand, it reads FILE (or the embedded defaults) and binds its own."
-        )
-    };
-    let mut args = std::env::args_os().skip(1);
-    let mut config = None;
-    while let Some(arg) = args.next() {
-        match arg.to_str() {
-            Some("-c" | "--conf") => match args.next() {
-                Some(path) => config = Some(PathBuf::from(path)),
-                None => return Err(StartError::Usage(format!("-c needs a FILE\n{}", usage()))),
-            },
-            Some("-h" | "--help") => {
-                println!("{}", usage());
-                std::process::exit(0);
-            }
-            Some("-V" | "--version") => {
-                println!("securely-{name} {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            _ => {
-                return Err(StartError::Usage(format!(
-                    "unexpected argument {:?}\n{}",
-                    arg,
-                    usage()
-                )));
-            }
-        }
-    }
-    Ok(config)
 }

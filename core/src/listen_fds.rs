@@ -6,7 +6,13 @@
 //! must be our pid (the supervisor cannot know the child's pid before exec, so it leaves
 //! it out).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+
+use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage};
+
+use crate::inherited;
 
 /// The first inherited fd.
 pub const FIRST_FD: RawFd = 3;
@@ -45,6 +51,79 @@ pub enum ListenFdsError {
     /// A socket the daemon needs was not handed to it.
     #[error("no inherited socket named {0:?} (is the daemon started by the supervisor?)")]
     Missing(&'static str),
+    /// An inherited fd is not the kind of socket its name says.
+    #[error("inherited fd {fd} (named {name:?}) is not {expected}: {found}")]
+    WrongSocket {
+        /// The fd number.
+        fd: RawFd,
+        /// Its name in `LISTEN_FDNAMES`.
+        name: &'static str,
+        /// What the name calls for.
+        expected: &'static str,
+        /// What it is instead.
+        found: String,
+    },
+}
+
+/// The kinds of socket a daemon can inherit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A listening TCP socket (IPv4 or IPv6).
+    TcpListener,
+    /// A UDP socket (IPv4 or IPv6).
+    Udp,
+    /// A listening Unix stream socket.
+    UnixListener,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::TcpListener => "a listening TCP socket",
+            Kind::Udp => "a UDP socket",
+            Kind::UnixListener => "a listening Unix stream socket",
+        }
+    }
+
+    /// Checks that `fd` is a socket of this kind; says what it is otherwise.
+    fn check(self, fd: &OwnedFd) -> Result<(), String> {
+        let (ty, listening) = match self {
+            Kind::TcpListener | Kind::UnixListener => (SockType::Stream, true),
+            Kind::Udp => (SockType::Datagram, false),
+        };
+        let found = socket_type(fd.as_fd())?;
+        if found != ty {
+            return Err(format!("socket type {found:?}"));
+        }
+        let family = nix::sys::socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+            .map_err(|e| format!("getsockname: {e}"))?
+            .family();
+        let family_fits = match self {
+            Kind::TcpListener | Kind::Udp => {
+                matches!(family, Some(AddressFamily::Inet | AddressFamily::Inet6))
+            }
+            Kind::UnixListener => family == Some(AddressFamily::Unix),
+        };
+        if !family_fits {
+            return Err(format!("address family {family:?}"));
+        }
+        if listening
+            && !nix::sys::socket::getsockopt(&fd.as_fd(), nix::sys::socket::sockopt::AcceptConn)
+                .map_err(|e| format!("SO_ACCEPTCONN: {e}"))?
+        {
+            return Err("not listening".into());
+        }
+        Ok(())
+    }
+}
+
+/// The type of the socket `fd` (`SO_TYPE`); not a socket is an error.
+pub(crate) fn socket_type(fd: std::os::fd::BorrowedFd<'_>) -> Result<SockType, String> {
+    match nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::SockType) {
+        Ok(ty) => Ok(ty),
+        Err(nix::errno::Errno::ENOTSOCK) => Err("not a socket".into()),
+        Err(e) => Err(format!("SO_TYPE: {e}")),
+    }
 }
 
 /// The named sockets this process inherited.
@@ -56,13 +135,13 @@ pub struct InheritedFds {
 impl InheritedFds {
     /// Takes ownership of the fds announced in the environment and clears those variables,
     /// so that nothing this process starts inherits the announcement. No announcement (or
-    /// one meant for another pid) gives an empty set.
+    /// one meant for another pid) gives an empty set. Call during single-threaded start-up.
     pub fn from_env() -> Result<Self, ListenFdsError> {
-        let count = match std::env::var("LISTEN_FDS") {
-            Ok(count) => count,
-            Err(_) => return Ok(Self::default()),
+        let Some(count) = inherited::take_env("LISTEN_FDS") else {
+            return Ok(Self::default());
         };
-        if let Ok(pid) = std::env::var("LISTEN_PID")
+        let names = inherited::take_env("LISTEN_FDNAMES");
+        if let Some(pid) = inherited::take_env("LISTEN_PID")
             && pid.parse::<u32>().ok() != Some(std::process::id())
         {
             return Ok(Self::default());
@@ -73,43 +152,38 @@ impl InheritedFds {
             .ok()
             .filter(|n| *n <= MAX_FDS)
             .ok_or_else(|| ListenFdsError::BadCount(count.clone()))?;
-        for i in 0..count {
-            let fd = FIRST_FD + i as RawFd;
-            // SAFETY: only asks the kernel about the fd; nothing is owned yet.
-            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            if nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFD).is_err() {
-                return Err(ListenFdsError::NotOpen(fd));
-            }
+        let fds = (0..count).map(|i| FIRST_FD + i as RawFd);
+        if let Some(closed) = fds.clone().find(|fd| !inherited::is_open(*fd)) {
+            return Err(ListenFdsError::NotOpen(closed));
         }
-        let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        let names: Vec<String> = names
             .map(|n| n.split(':').map(str::to_string).collect())
-            .unwrap_or_else(|_| vec!["unknown".to_string(); count]);
+            .unwrap_or_else(|| vec!["unknown".to_string(); count]);
         if names.len() != count {
             return Err(ListenFdsError::NameCount {
                 names: names.len(),
                 count,
             });
         }
-        // SAFETY: single-threaded start-up; nothing else reads these variables.
-        unsafe {
-            for key in ["LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"] {
-                std::env::remove_var(key);
-            }
-        }
         let fds = names
             .into_iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let fd = FIRST_FD + i as RawFd;
-                set_cloexec(fd);
-                // SAFETY: the announcement transfers ownership of fds 3..3+count to us.
-                (name, unsafe { OwnedFd::from_raw_fd(fd) })
+            .zip(fds)
+            .map(|(name, fd)| {
+                inherited::claim(fd)
+                    .map(|owned| (name, owned))
+                    .ok_or(ListenFdsError::NotOpen(fd))
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok(Self { fds })
     }
 
-    /// Removes and returns every fd with this name, in the order they were handed over.
+    /// A set of named fds this process already owns (for tests and embedders).
+    pub fn new(fds: Vec<(String, OwnedFd)>) -> Self {
+        Self { fds }
+    }
+
+    /// Removes and returns every fd with this name, in the order they were handed over,
+    /// unchecked. Prefer the typed `take_*`.
     pub fn take_all(&mut self, name: &str) -> Vec<OwnedFd> {
         let (taken, kept) = std::mem::take(&mut self.fds)
             .into_iter()
@@ -118,20 +192,54 @@ impl InheritedFds {
         taken.into_iter().map(|(_, fd)| fd).collect()
     }
 
-    /// Removes and returns the one fd with this name.
-    pub fn take_one(&mut self, name: &'static str) -> Result<OwnedFd, ListenFdsError> {
+    /// Removes and returns every listening TCP socket named `name`, non-blocking; an fd
+    /// of that name that is anything else is an error.
+    pub fn take_tcp(&mut self, name: &'static str) -> Result<Vec<TcpListener>, ListenFdsError> {
+        self.take_checked(name, Kind::TcpListener, |fd| {
+            let listener = TcpListener::from(fd);
+            listener.set_nonblocking(true).map(|()| listener)
+        })
+    }
+
+    /// Removes and returns every UDP socket named `name`, non-blocking; an fd of that
+    /// name that is anything else is an error.
+    pub fn take_udp(&mut self, name: &'static str) -> Result<Vec<UdpSocket>, ListenFdsError> {
+        self.take_checked(name, Kind::Udp, |fd| {
+            let socket = UdpSocket::from(fd);
+            socket.set_nonblocking(true).map(|()| socket)
+        })
+    }
+
+    /// Removes and returns every listening Unix stream socket named `name`,
+    /// non-blocking; an fd of that name that is anything else is an error.
+    pub fn take_unix(&mut self, name: &'static str) -> Result<Vec<UnixListener>, ListenFdsError> {
+        self.take_checked(name, Kind::UnixListener, |fd| {
+            let listener = UnixListener::from(fd);
+            listener.set_nonblocking(true).map(|()| listener)
+        })
+    }
+
+    fn take_checked<T>(
+        &mut self,
+        name: &'static str,
+        kind: Kind,
+        adopt: impl Fn(OwnedFd) -> std::io::Result<T>,
+    ) -> Result<Vec<T>, ListenFdsError> {
         self.take_all(name)
             .into_iter()
-            .next()
-            .ok_or(ListenFdsError::Missing(name))
+            .map(|fd| {
+                let raw = fd.as_raw_fd();
+                let wrong = |found: String| ListenFdsError::WrongSocket {
+                    fd: raw,
+                    name,
+                    expected: kind.describe(),
+                    found,
+                };
+                kind.check(&fd).map_err(wrong)?;
+                adopt(fd).map_err(|e| wrong(format!("cannot make it non-blocking: {e}")))
+            })
+            .collect()
     }
-}
-
-fn set_cloexec(fd: RawFd) {
-    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-    // SAFETY: fd is one of ours (see from_env); a failure leaves the flag as it was.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
 }
 
 /// The environment that announces `names` (in fd order from [`FIRST_FD`]) to a child.
@@ -141,4 +249,76 @@ pub fn announce<'a>(names: impl IntoIterator<Item = &'a str>) -> [(&'static str,
         ("LISTEN_FDS", names.len().to_string()),
         ("LISTEN_FDNAMES", names.join(":")),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, UdpSocket};
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+
+    fn named(fds: Vec<(&str, OwnedFd)>) -> InheritedFds {
+        InheritedFds::new(fds.into_iter().map(|(n, fd)| (n.to_string(), fd)).collect())
+    }
+
+    #[test]
+    fn typed_takes_check_each_socket_and_make_it_non_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp_addr = tcp.local_addr().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let unix = UnixListener::bind(dir.path().join("s")).unwrap();
+        let mut fds = named(vec![
+            ("http", tcp.into()),
+            ("dns-udp", udp.into()),
+            ("grpc", unix.into()),
+        ]);
+        let tcp = fds.take_tcp(names::HTTP).unwrap();
+        assert_eq!(tcp.len(), 1);
+        assert_eq!(tcp[0].local_addr().unwrap(), tcp_addr);
+        assert!(matches!(
+            tcp[0].accept().map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock)
+        ));
+        assert_eq!(fds.take_udp(names::DNS_UDP).unwrap().len(), 1);
+        assert_eq!(fds.take_unix(names::GRPC).unwrap().len(), 1);
+        // Taken once: nothing of those names is left.
+        assert!(fds.take_tcp(names::HTTP).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_socket_of_the_wrong_kind_is_refused_by_name() {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut fds = named(vec![("http", udp.into())]);
+        let err = fds.take_tcp(names::HTTP).unwrap_err();
+        assert!(
+            matches!(&err, ListenFdsError::WrongSocket { name: "http", found, .. } if found.contains("Datagram")),
+            "{err}"
+        );
+
+        // A TCP socket that does not listen.
+        let stream = nix::sys::socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            nix::sys::socket::SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        let mut fds = named(vec![("dns-tcp", stream)]);
+        let err = fds.take_tcp(names::DNS_TCP).unwrap_err();
+        assert!(err.to_string().contains("not listening"), "{err}");
+
+        // A TCP listener where a Unix socket belongs.
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut fds = named(vec![("grpc", tcp.into())]);
+        let err = fds.take_unix(names::GRPC).unwrap_err();
+        assert!(err.to_string().contains("address family"), "{err}");
+
+        // Not a socket at all.
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let mut fds = named(vec![("dns-udp", file.into())]);
+        let err = fds.take_udp(names::DNS_UDP).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+    }
 }

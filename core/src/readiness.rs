@@ -21,12 +21,36 @@
 //! After a crash there is no old instance: `ACQUIRE` follows `PREPARED=1` at once.
 
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 
+use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage};
+
+use crate::inherited;
+
 /// The variable naming the inherited notification fd.
 pub const NOTIFY_FD_ENV: &str = "SECURELY_NOTIFY_FD";
+
+/// Why the inherited notification fd cannot be used. Checked like `LISTEN_FDS`: a daemon
+/// that cannot talk to its supervisor refuses to start rather than serve unsupervised.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyFdError {
+    /// The variable is not an fd number above stdio's.
+    #[error("{NOTIFY_FD_ENV}={0:?} is not an fd number above 2")]
+    BadNumber(String),
+    /// The fd is not open.
+    #[error("{NOTIFY_FD_ENV}={0}: fd {0} is not open")]
+    NotOpen(RawFd),
+    /// The fd is open but not one end of a Unix stream socket pair.
+    #[error("{NOTIFY_FD_ENV}={fd}: fd {fd} is not a Unix stream socket ({found})")]
+    WrongSocket {
+        /// The fd number.
+        fd: RawFd,
+        /// What it is instead.
+        found: String,
+    },
+}
 
 /// One readiness message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +130,33 @@ impl Command {
     }
 }
 
+/// Takes the fd `value` names, checked to be one end of a Unix stream socket, blocking.
+fn notify_stream(value: &str) -> Result<UnixStream, NotifyFdError> {
+    let fd: RawFd = value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| NotifyFdError::BadNumber(value.to_string()))?;
+    let owned: OwnedFd = inherited::claim(fd).ok_or(NotifyFdError::NotOpen(fd))?;
+    let wrong = |found: String| NotifyFdError::WrongSocket { fd, found };
+    let ty = crate::listen_fds::socket_type(owned.as_fd()).map_err(wrong)?;
+    if ty != SockType::Stream {
+        return Err(wrong(format!("socket type {ty:?}")));
+    }
+    let family = nix::sys::socket::getsockname::<SockaddrStorage>(owned.as_raw_fd())
+        .map_err(|e| wrong(format!("getsockname: {e}")))?
+        .family();
+    if family != Some(AddressFamily::Unix) {
+        return Err(wrong(format!("address family {family:?}")));
+    }
+    let stream = UnixStream::from(owned);
+    stream
+        .set_nonblocking(false)
+        .map_err(|e| wrong(format!("cannot make it blocking: {e}")))?;
+    Ok(stream)
+}
+
 /// Where this process reports readiness.
 #[derive(Debug)]
 pub enum Notifier {
@@ -119,29 +170,25 @@ pub enum Notifier {
 
 impl Notifier {
     /// Picks up the notification channel from the environment (and clears it, so that
-    /// processes we start do not inherit it).
-    pub fn from_env() -> Self {
-        if let Some(fd) = std::env::var(NOTIFY_FD_ENV)
-            .ok()
-            .and_then(|v| v.parse::<i32>().ok())
-            .filter(|fd| *fd > 2)
-        {
-            // SAFETY: single-threaded start-up; the supervisor handed this fd to us alone.
-            unsafe { std::env::remove_var(NOTIFY_FD_ENV) };
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // Keep it from whatever this process starts (dup2 cleared the flag).
-            let _ = nix::fcntl::fcntl(
-                &fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-            );
-            let stream = UnixStream::from(fd);
-            let _ = stream.set_nonblocking(false);
-            return Notifier::Supervisor(Mutex::new(stream));
+    /// processes we start do not inherit it): the supervisor's socket when
+    /// [`NOTIFY_FD_ENV`] names one (checked: an open Unix stream socket), else systemd's
+    /// `NOTIFY_SOCKET`, else nobody. Call during single-threaded start-up.
+    pub fn from_env() -> Result<Self, NotifyFdError> {
+        if let Some(value) = inherited::take_env(NOTIFY_FD_ENV) {
+            let stream = notify_stream(&value)?;
+            return Ok(Notifier::Supervisor(Mutex::new(stream)));
         }
+        Ok(Self::systemd())
+    }
+
+    /// systemd's `NOTIFY_SOCKET` when set, else nobody: for the supervisor, which no
+    /// supervisor starts.
+    pub fn systemd() -> Self {
         if std::env::var_os("NOTIFY_SOCKET").is_some() {
-            return Notifier::Systemd;
+            Notifier::Systemd
+        } else {
+            Notifier::None
         }
-        Notifier::None
     }
 
     /// Sends one notice; a supervisor that is gone is not an error here (see
@@ -235,5 +282,44 @@ impl Notifier {
             tracing::warn!("cannot watch the supervisor: {e}");
         }
         receiver
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::IntoRawFd;
+
+    use super::*;
+
+    #[test]
+    fn the_notification_fd_is_checked_like_listen_fds() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let mut stream = notify_stream(&theirs.into_raw_fd().to_string()).unwrap();
+        writeln!(stream, "READY=1").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&ours), &mut line).unwrap();
+        assert_eq!(line, "READY=1\n");
+
+        for bad in ["", "four", "-1", "2"] {
+            let err = notify_stream(bad).unwrap_err();
+            assert!(matches!(err, NotifyFdError::BadNumber(_)), "{bad:?}: {err}");
+        }
+        let err = notify_stream("1000000").unwrap_err();
+        assert!(matches!(err, NotifyFdError::NotOpen(1_000_000)), "{err}");
+
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = notify_stream(&udp.into_raw_fd().to_string()).unwrap_err();
+        assert!(err.to_string().contains("socket type Datagram"), "{err}");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = notify_stream(&tcp.into_raw_fd().to_string()).unwrap_err();
+        assert!(err.to_string().contains("address family"), "{err}");
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = notify_stream(&file.into_raw_fd().to_string()).unwrap_err();
+        assert!(
+            err.to_string().contains("SECURELY_NOTIFY_FD=")
+                && err.to_string().contains("not a socket"),
+            "{err}"
+        );
     }
 }

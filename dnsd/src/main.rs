@@ -30,6 +30,8 @@
 //! A shutdown request before the store is open ends the process cleanly without
 //! serving; a failed release or resume exits non-zero.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod control_plane;
 mod dns_server;

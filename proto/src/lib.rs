@@ -4,6 +4,8 @@
 //! daemon implements, and each daemon's own admin API. Every socket also serves
 //! `grpc.health.v1.Health` and server reflection (see [`FILE_DESCRIPTOR_SET`]).
 
+#![forbid(unsafe_code)]
+
 /// The supervisor's control service (`control.sock`).
 pub mod supervisor {
     tonic::include_proto!("securely.supervisor.v1");

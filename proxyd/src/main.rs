@@ -18,6 +18,8 @@
 //!    (after the drain: every client connection has ended, see [`drain`]);
 //! 8. exit: once the control plane has closed the store (if proxyd still holds it).
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod conf;
 mod connections;
@@ -94,7 +96,6 @@ fn run() -> anyhow::Result<()> {
         tld: daemon.settings.dns.tld.clone(),
         own: OwnListeners::new(http_addrs.clone()),
         routes: Arc::new(Routes::default()),
-        tree: daemon.tree_path(),
     };
     let store = store_setup
         .open(daemon.open_tree()?)

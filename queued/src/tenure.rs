@@ -1,32 +1,30 @@
 //! A tenure: one span during which this instance holds the queue's sled tree and serves
-//! gRPC from it.
+//! gRPC from it; [`QueueTenant`] is queued's part in the lifecycle driver
+//! ([`securely_core::lifecycle`]), which does the rest (turn, gRPC, hand-over, stop).
 //!
-//! [`Tenure::open`] opens the tree (retrying while a previous holder lets go of it), the
-//! power-loss sync and the store, then starts the committer thread, the engine, the reaper
-//! and the gRPC server on a clone of the daemon's listener (the listener itself stays with
-//! the daemon, so a later tenure serves on the same socket). Everything is loaded from the
-//! tree afresh: a tenure after a hand-over that failed sees what the other instance wrote.
+//! [`QueueTenant::open`] opens the tree (retrying while a previous holder lets go of it),
+//! the power-loss sync and the store on the blocking pool, then starts the committer
+//! thread, the engine and the reaper. Everything is loaded from the tree afresh: a tenure
+//! after a hand-over that failed sees what the other instance wrote.
 //!
-//! [`Tenure::end`] ends it, for a shutdown or for the supervisor's `RELEASE`: it pulls the
-//! tenure's own end switch (Reserve calls still waiting end at once, UNAVAILABLE, nothing
-//! reserved), stops the gRPC server (graceful: the calls in flight finish, within the
-//! deadline), stops the reaper and closes the engine, which lets no sled handle live on.
-//! A call that reaches the engine during the end is never half done: its write is made
-//! durable and answered, or it is refused (UNAVAILABLE) before it does anything (see
-//! [`crate::engine`]).
+//! A tenure ends for a shutdown or for the supervisor's `RELEASE`: [`QueueTenant::ending`]
+//! pulls the tenure's own end switch (Reserve calls still waiting end at once,
+//! UNAVAILABLE, nothing reserved), the driver stops the gRPC server (graceful: the calls in
+//! flight finish, within the grace period), then [`QueueTenant::close`] stops the reaper
+//! and closes the engine, which lets no sled handle live on. A call that reaches the
+//! engine during the end is never half done: its write is made durable and answered, or
+//! it is refused (UNAVAILABLE) before it does anything (see [`crate::engine`]).
 
 use std::future::Future;
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use securely_core::control::ControlService;
 use securely_core::durable::DurableTree;
-use securely_core::rpc::{Access, RpcServer};
+use securely_core::rpc::Access;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 use securely_core::store::{OPEN_DEADLINE, open_tree};
-use tokio::time::Instant;
+use securely_core::tenure::{BoxError, CloseError, Tenant};
 use tonic::service::Routes;
 
 use crate::backoff::Backoff;
@@ -40,21 +38,19 @@ use crate::validate::Limits;
 /// What every tenure needs and none holds the tree for: prepared once, before this
 /// instance's turn.
 #[derive(Debug)]
-pub struct Prepared {
+pub struct QueueTenant {
     /// The tree's directory.
     pub tree: PathBuf,
-    /// The gRPC listener; each tenure serves on a clone.
-    pub listener: UnixListener,
     /// The queue settings' defaults.
     pub limits: Limits,
     /// The retry backoff.
     pub backoff: Backoff,
     /// Who may make mutating calls.
     pub access: Access,
-    /// The `DaemonControl` service.
-    pub control: ControlService,
     /// The daemon's shutdown switch.
     pub shutdown: Shutdown,
+    /// The gRPC socket, for the ready status.
+    pub socket: PathBuf,
 }
 
 /// The tree, opened.
@@ -66,43 +62,30 @@ struct Opened {
 /// A tenure being served.
 #[derive(Debug)]
 pub struct Tenure {
-    server: RpcServer,
     engine: Arc<Engine>,
     committer: Committer,
     reaper: Reaper,
     end: Shutdown,
 }
 
-impl Tenure {
-    /// Opens the tree and serves from it (the caller then reports readiness). Blocks
-    /// while a previous holder lets go of the tree (up to [`OPEN_DEADLINE`]); call it on
-    /// the multi-thread runtime.
-    pub async fn open(prepared: &Prepared) -> anyhow::Result<Self> {
-        let listener = prepared
-            .listener
-            .try_clone()
-            .context("cloning the gRPC listener")?;
-        let opened = tokio::task::block_in_place(|| open(prepared))?;
+impl Tenant for QueueTenant {
+    type Tenure = Tenure;
+
+    async fn open(&mut self) -> Result<Tenure, BoxError> {
+        let tree = self.tree.clone();
+        let opened = tokio::task::spawn_blocking(move || open(&tree))
+            .await
+            .context("opening the queue's tree")??;
         let committer = Committer::start(opened.tree).context("starting the committer thread")?;
         let end = Shutdown::new();
         let engine = Arc::new(Engine::new(
             opened.store,
             committer.handle(),
-            prepared.backoff,
+            self.backoff,
             end.clone(),
         ));
         let reaper = Reaper::start(engine.clone());
-        let queue = QueueService::new(
-            engine.clone(),
-            prepared.limits,
-            prepared.access.clone(),
-            prepared.shutdown.clone(),
-        );
-        let routes =
-            Routes::new(queue.into_server()).add_service(prepared.control.clone().into_server());
-        let server = RpcServer::start(listener, routes);
-        Ok(Self {
-            server,
+        Ok(Tenure {
             engine,
             committer,
             reaper,
@@ -110,39 +93,44 @@ impl Tenure {
         })
     }
 
-    /// Resolves if the gRPC server ends by itself (an error: it should run until the
-    /// tenure ends). Only [`ShutdownKind::Fast`] may end the tenure after that.
-    pub async fn server_ended(&mut self) -> String {
-        self.server.ended().await
+    fn routes(&self, tenure: &Tenure) -> Routes {
+        let queue = QueueService::new(
+            tenure.engine.clone(),
+            self.limits,
+            self.access.clone(),
+            self.shutdown.clone(),
+        );
+        Routes::new(queue.into_server())
     }
 
-    /// Ends the tenure: waiting Reserve calls end at once; the gRPC server stops (graceful:
-    /// calls in flight finish until `deadline`, or until `cut_short` resolves; fast: at
-    /// once); then the tree is flushed and closed, with no sled handle left.
-    pub async fn end(
-        self,
-        kind: ShutdownKind,
-        deadline: Instant,
-        cut_short: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
-        self.end.request(kind);
-        match kind {
-            ShutdownKind::Graceful => self.server.stop_within(deadline, cut_short).await,
-            ShutdownKind::Fast => self.server.abort(),
-        }
-        self.reaper.stop().await;
-        self.engine
-            .close(self.committer)
+    fn status(&self, _tenure: &Tenure) -> String {
+        format!("serving on {}", self.socket.display())
+    }
+
+    fn ending(&self, tenure: &Tenure) {
+        tenure.end.request(ShutdownKind::Graceful);
+    }
+
+    async fn close(
+        &mut self,
+        tenure: Tenure,
+        _cut_short: impl Future<Output = ()>,
+    ) -> Result<(), CloseError> {
+        tenure.end.request(ShutdownKind::Graceful);
+        tenure.reaper.stop().await;
+        tenure
+            .engine
+            .close(tenure.committer)
             .await
-            .context("flushing the queue's tree")?;
+            .context("flushing the queue's tree")
+            .map_err(|e| CloseError::Failed(e.into()))?;
         tracing::info!("closed the queue's tree");
         Ok(())
     }
 }
 
 /// Opens the tree, the power-loss sync and the store.
-fn open(prepared: &Prepared) -> anyhow::Result<Opened> {
-    let tree = &prepared.tree;
+fn open(tree: &std::path::Path) -> anyhow::Result<Opened> {
     let db = open_tree(tree, OPEN_DEADLINE)?;
     let durable = DurableTree::open(db.clone(), tree)
         .with_context(|| format!("syncing {}", tree.display()))?;
@@ -159,9 +147,12 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use securely_core::control::DaemonInfo;
+    use std::os::unix::net::UnixListener;
+
+    use securely_core::rpc::RpcServer;
     use securely_proto::queue::queue_client::QueueClient;
     use securely_proto::queue::{PushRequest, ReserveRequest};
+    use tokio::time::Instant;
     use tonic::Code;
     use tonic::transport::Channel;
 
@@ -169,24 +160,22 @@ mod tests {
     use crate::engine::now_ms;
     use crate::store::NewJob;
 
-    fn prepared(dir: &Path) -> Prepared {
+    fn tenant(dir: &Path) -> (QueueTenant, UnixListener) {
         let socket = dir.join("queued.sock");
-        let access = Access::new(None, None);
-        let shutdown = Shutdown::new();
-        let info = DaemonInfo {
-            name: "queued",
-            listeners: vec![],
-            tree: String::new(),
-        };
-        Prepared {
+        let tenant = QueueTenant {
             tree: dir.join("tree"),
-            listener: securely_core::bind::unix(&socket).unwrap(),
             limits: Limits::from_settings(&Default::default()),
             backoff: Backoff::new(0, 0),
-            control: ControlService::new(info, shutdown.clone(), access.clone()),
-            access,
-            shutdown,
-        }
+            access: Access::new(None, None),
+            shutdown: Shutdown::new(),
+            socket: socket.clone(),
+        };
+        (tenant, securely_core::bind::unix(&socket).unwrap())
+    }
+
+    /// Serves `tenure` as the lifecycle driver does.
+    fn serve(tenant: &QueueTenant, tenure: &Tenure, listener: &UnixListener) -> RpcServer {
+        RpcServer::start(listener.try_clone().unwrap(), tenant.routes(tenure))
     }
 
     async fn client(dir: &Path) -> QueueClient<Channel> {
@@ -225,10 +214,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_release_ends_waits_and_frees_the_tree_and_the_next_tenure_reloads_it() {
         let dir = tempfile::tempdir().unwrap();
-        let prepared = prepared(dir.path());
-        let tenure = Tenure::open(&prepared).await.unwrap();
+        let (mut tenant, listener) = tenant(dir.path());
+        let tree = tenant.tree.clone();
+        let tenure = tenant.open().await.unwrap();
+        let server = serve(&tenant, &tenure, &listener);
         assert!(
-            !tree_is_free(&prepared.tree, Duration::ZERO),
+            !tree_is_free(&tree, Duration::ZERO),
             "a serving tenure holds the tree"
         );
         let mut queue = client(dir.path()).await;
@@ -238,24 +229,26 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
 
         let deadline = Instant::now() + Duration::from_secs(5);
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            tenure.end(ShutdownKind::Graceful, deadline, std::future::pending()),
-        )
-        .await
-        .expect("the release did not wait for the long poll")
-        .unwrap();
+        let release = async {
+            tenant.ending(&tenure);
+            server.stop_within(deadline, std::future::pending()).await;
+            tenant.close(tenure, std::future::pending()).await
+        };
+        tokio::time::timeout(Duration::from_secs(3), release)
+            .await
+            .expect("the release did not wait for the long poll")
+            .unwrap();
         let refused = waiter.await.unwrap().unwrap_err();
         assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
         assert!(refused.message().contains("handing over"), "{refused:?}");
         assert!(
-            tree_is_free(&prepared.tree, LINGER),
+            tree_is_free(&tree, LINGER),
             "a sled handle outlived the release"
         );
 
         // The next holder writes meanwhile...
         {
-            let db = open_tree(&prepared.tree, LINGER).unwrap();
+            let db = open_tree(&tree, LINGER).unwrap();
             let store = Store::open(db).unwrap();
             let now = now_ms();
             let job = NewJob {
@@ -268,16 +261,16 @@ mod tests {
             store.flush().unwrap();
         }
         // ...and the next tenure (a resume) serves on the same socket from the tree.
-        let tenure = Tenure::open(&prepared).await.unwrap();
+        let tenure = tenant.open().await.unwrap();
+        let server = serve(&tenant, &tenure, &listener);
         let mut queue = client(dir.path()).await;
         for expected in [&b"first"[..], b"second"] {
             let job = queue.reserve(reserve("q", 0)).await.unwrap().into_inner();
             assert_eq!(job.payload, expected);
         }
-        tenure
-            .end(ShutdownKind::Fast, Instant::now(), std::future::pending())
-            .await
-            .unwrap();
-        assert!(tree_is_free(&prepared.tree, LINGER));
+        tenant.ending(&tenure);
+        server.abort();
+        tenant.close(tenure, async {}).await.unwrap();
+        assert!(tree_is_free(&tree, LINGER));
     }
 }

@@ -36,7 +36,7 @@ pub async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::
     // The handlers are in place: let the signals held since start-up (or across the
     // exec) arrive (on this thread; the runtime's workers keep them blocked).
     signals::unblock_stop_signals()?;
-    let notifier = Arc::new(Notifier::from_env());
+    let notifier = Arc::new(Notifier::systemd());
     let access = Access::new(
         serving.settings.user.as_deref(),
         serving.settings.group.as_deref(),
