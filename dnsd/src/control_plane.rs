@@ -190,7 +190,7 @@ pub async fn attach(daemon: &Daemon, store: &Arc<RecordStore>) -> anyhow::Result
     let store = store.clone();
     let opening = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let db = securely_core::store::open_tree(&path, securely_core::store::OPEN_DEADLINE)?;
-        store.attach(db).context("loading the records")
+        store.attach(db, &path).context("loading the records")
     });
     tokio::select! {
         opened = opening => {

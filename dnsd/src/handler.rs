@@ -503,7 +503,7 @@ mod tests {
     async fn forwarding_beyond_the_slots_is_servfail_at_once_and_local_names_still_answer() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = Arc::new(RecordStore::open(db, &ZoneNames::new("test")).unwrap());
+        let store = Arc::new(RecordStore::open(db, dir.path(), &ZoneNames::new("test")).unwrap());
         let settings = DnsSettings {
             addresses: vec!["127.0.0.1".into()],
             ..DnsSettings::default()

@@ -304,7 +304,7 @@ mod tests {
     fn fixture(addresses: &[&str]) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let store = Arc::new(RecordStore::open(db, &ZoneNames::new("test")).unwrap());
+        let store = Arc::new(RecordStore::open(db, dir.path(), &ZoneNames::new("test")).unwrap());
         let settings = DnsSettings {
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
             ttl: 60,

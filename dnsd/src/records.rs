@@ -2,11 +2,13 @@
 //!
 //! One sled key per record, `record\0<name>\0<TYPE>\0<value>`, holding the bincode form
 //! of its [`RecordSpec`]; the zone's SOA serial sits under its own key and moves with
-//! every change. Writers are serialised, apply one atomic batch, flush it to disk, and
-//! only then update the in-memory index that queries read, so an acknowledged change is
-//! durable and visible at once. A change whose flush fails is undone in the tree before
-//! the error is returned, so that a later flush cannot write what the caller was told
-//! failed.
+//! every change. Writers are serialised, apply one atomic batch, commit it (sled's flush
+//! and `fdatasync`, see [`securely_core::durable`]), and only then update the in-memory
+//! index that queries read, so an acknowledged change survives a crash and a power cut
+//! and is visible at once. A commit that fails ends dnsd (status 74) before the index
+//! changes or the caller is answered: memory can no longer be trusted to reach the disk,
+//! so the supervisor restarts dnsd from what the disk holds, where the change (one
+//! batch) is wholly there or absent.
 //!
 //! For a hand-over the store can let go of its tree while it keeps answering: [`detach`]
 //! flushes the tree and drops every sled handle (so that another process may open it),
@@ -20,11 +22,13 @@
 //! [`attach`]: RecordStore::attach
 
 use std::collections::HashMap;
+use std::path::Path;
 #[cfg(test)]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use hickory_proto::rr::{LowerName, RData};
+use securely_core::durable::{self, CommitError, DurableTree};
 
 use crate::record_spec::{InvalidArgument, RecordKind, RecordSpec, ZoneNames, owner_name};
 
@@ -53,6 +57,9 @@ pub enum StoreError {
     /// A stored record is no longer valid.
     #[error("stored record: {0}")]
     Invalid(#[from] InvalidArgument),
+    /// The tree's files could not be synced when attaching it.
+    #[error("record store: {0}")]
+    Sync(#[from] CommitError),
     /// The tree is detached (handed over to another dnsd instance): records are served
     /// but cannot change.
     #[error("the record store is closed for a hand-over to another dnsd instance; try again")]
@@ -74,11 +81,11 @@ pub struct ExplicitRecord {
 pub struct RecordStore {
     /// The sled tree (`None` while detached). Its lock serialises writers so that sled
     /// and the index change together.
-    tree: Mutex<Option<sled::Db>>,
+    tree: Mutex<Option<DurableTree>>,
     /// What a stored record must be valid under to be served.
     names: ZoneNames,
     index: RwLock<Index>,
-    /// How many of the next flushes fail, to test what a failing disk does.
+    /// How many of the next detaching flushes fail, to test what a failing disk does.
     #[cfg(test)]
     failing_flushes: AtomicUsize,
 }
@@ -111,24 +118,25 @@ impl RecordStore {
         }
     }
 
-    /// A store attached to `db` (see [`RecordStore::attach`]).
+    /// A store attached to `db`, opened from `tree` (see [`RecordStore::attach`]).
     #[cfg(test)]
-    pub fn open(db: sled::Db, names: &ZoneNames) -> Result<Self, StoreError> {
+    pub fn open(db: sled::Db, tree: &Path, names: &ZoneNames) -> Result<Self, StoreError> {
         let store = Self::detached(names);
-        store.attach(db)?;
+        store.attach(db, tree)?;
         Ok(store)
     }
 
-    /// Takes `db` as the tree and replaces the index and the serial with what it holds
-    /// (a tree attached before, if any, is closed). Records that are not valid under the
-    /// zone's names (the TLD changed since they were set, or the entry is damaged) are
-    /// logged and left in the tree, unserved. If `db` cannot be read, it is closed again
-    /// and the store is left as it was.
-    pub fn attach(&self, db: sled::Db) -> Result<(), StoreError> {
+    /// Takes `db`, opened from the directory `path`, as the tree and replaces the index
+    /// and the serial with what it holds (a tree attached before, if any, is closed).
+    /// Records that are not valid under the zone's names (the TLD changed since they were
+    /// set, or the entry is damaged) are logged and left in the tree, unserved. If `db`
+    /// cannot be read or synced, it is closed again and the store is left as it was.
+    pub fn attach(&self, db: sled::Db, path: &Path) -> Result<(), StoreError> {
         let mut tree = self.lock_tree();
         let index = load(&db, &self.names)?;
+        let durable = DurableTree::open(db, path)?;
         *self.write_index() = index;
-        *tree = Some(db);
+        *tree = Some(durable);
         Ok(())
     }
 
@@ -138,25 +146,25 @@ impl RecordStore {
     /// [`RecordStore::attach`]. The tree is closed even when the flush fails (then that
     /// error is returned). Detaching a detached store does nothing.
     pub fn detach(&self) -> Result<(), StoreError> {
-        let Some(db) = self.lock_tree().take() else {
+        let Some(durable) = self.lock_tree().take() else {
             return Ok(());
         };
-        let flushed = self.flush_to_disk(&db);
-        drop(db);
+        let flushed = self.flush_to_disk(durable.db());
+        drop(durable);
         Ok(flushed?)
     }
 
     /// Adds `spec`, replacing a record of the same name, type and value. A CNAME replaces
     /// the name's previous CNAME; a CNAME and other data cannot share a name (RFC 1034
-    /// section 3.6.2). Returns once the change is on disk.
+    /// section 3.6.2). Returns once the change is committed.
     pub fn set(&self, spec: RecordSpec) -> Result<(), StoreError> {
         let entry = Entry {
             rdata: spec.rdata()?,
             spec,
         };
         let owner = entry.spec.owner()?;
-        let tree = self.lock_tree();
-        let db = tree.as_ref().ok_or(StoreError::Detached)?;
+        let mut tree = self.lock_tree();
+        let durable = tree.as_mut().ok_or(StoreError::Detached)?;
         let existing = self.read_index().records_of(&owner);
         let replaced: Vec<&RecordSpec> = match entry.spec.kind {
             RecordKind::Cname => {
@@ -185,7 +193,7 @@ impl RecordStore {
         };
         let mut changes: Vec<Change> = replaced.iter().map(|old| (record_key(old), None)).collect();
         changes.push((record_key(&entry.spec), Some(encode(&entry.spec)?)));
-        let serial = self.commit(db, changes)?;
+        let serial = self.commit(durable, changes)?;
 
         let mut index = self.write_index();
         index.remove(&owner, |e| replaced.iter().any(|old| **old == e.spec));
@@ -195,11 +203,11 @@ impl RecordStore {
     }
 
     /// Removes the records of `name` (canonical form) of one type, or of every type.
-    /// Returns how many were removed; once the change is on disk.
+    /// Returns how many were removed; once the change is committed.
     pub fn unset(&self, name: &str, kind: Option<RecordKind>) -> Result<u32, StoreError> {
         let owner = owner_name(name)?;
-        let tree = self.lock_tree();
-        let db = tree.as_ref().ok_or(StoreError::Detached)?;
+        let mut tree = self.lock_tree();
+        let durable = tree.as_mut().ok_or(StoreError::Detached)?;
         let removed: Vec<RecordSpec> = self
             .read_index()
             .records_of(&owner)
@@ -213,7 +221,7 @@ impl RecordStore {
             .iter()
             .map(|spec| (record_key(spec), None))
             .collect();
-        let serial = self.commit(db, changes)?;
+        let serial = self.commit(durable, changes)?;
 
         let mut index = self.write_index();
         index.remove(&owner, |e| removed.contains(&e.spec));
@@ -258,36 +266,20 @@ impl RecordStore {
         self.read_index().serial
     }
 
-    /// Applies `changes` and the next serial as one batch to `db` and flushes it;
-    /// returns that serial. If the flush fails, the keys get their previous values back.
-    fn commit(&self, db: &sled::Db, mut changes: Vec<Change>) -> Result<u32, StoreError> {
+    /// Applies `changes` and the next serial as one batch to the tree and commits it;
+    /// returns that serial. A failed commit ends dnsd (see the module doc).
+    fn commit(
+        &self,
+        durable: &mut DurableTree,
+        mut changes: Vec<Change>,
+    ) -> Result<u32, StoreError> {
         let serial = next_serial(self.read_index().serial);
         changes.push((SERIAL_KEY.to_vec(), Some(serial.to_be_bytes().to_vec())));
-        let previous = changes
-            .iter()
-            .map(|(key, _)| Ok((key.clone(), db.get(key)?.map(|value| value.to_vec()))))
-            .collect::<Result<Vec<Change>, sled::Error>>()?;
-        db.apply_batch(batch_of(&changes))?;
-        if let Err(error) = self.flush_to_disk(db) {
-            self.roll_back(db, previous);
-            return Err(error.into());
+        durable.db().apply_batch(batch_of(&changes))?;
+        if let Err(error) = durable.commit() {
+            durable::exit_for_restart("committing a record change", &error);
         }
         Ok(serial)
-    }
-
-    /// Puts back what the keys held before a change that could not be flushed, so that
-    /// the tree says what the index says and the caller was told.
-    fn roll_back(&self, db: &sled::Db, previous: Vec<Change>) {
-        let undone = db
-            .apply_batch(batch_of(&previous))
-            .and_then(|()| self.flush_to_disk(db));
-        if let Err(error) = undone {
-            tracing::error!(
-                %error,
-                "a record change that failed to reach the disk could not be undone; \
-                 restart dnsd to serve what the disk holds"
-            );
-        }
     }
 
     fn flush_to_disk(&self, db: &sled::Db) -> Result<(), sled::Error> {
@@ -305,7 +297,7 @@ impl RecordStore {
         Ok(())
     }
 
-    fn lock_tree(&self) -> std::sync::MutexGuard<'_, Option<sled::Db>> {
+    fn lock_tree(&self) -> std::sync::MutexGuard<'_, Option<DurableTree>> {
         self.tree.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -447,7 +439,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> RecordStore {
-        RecordStore::open(open_db(dir), &ZoneNames::new("test")).unwrap()
+        RecordStore::open(open_db(dir), dir, &ZoneNames::new("test")).unwrap()
     }
 
     #[test]
@@ -492,78 +484,6 @@ mod tests {
             store.set(spec("c.test", "TXT", "x")),
             Err(StoreError::Conflict(_))
         ));
-    }
-
-    /// Every key and value of the tree.
-    fn tree(store: &RecordStore) -> Vec<(Vec<u8>, Vec<u8>)> {
-        store
-            .lock_tree()
-            .as_ref()
-            .expect("attached")
-            .iter()
-            .map(|item| {
-                let (key, value) = item.unwrap();
-                (key.to_vec(), value.to_vec())
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_change_that_cannot_be_flushed_is_undone() {
-        let dir = tempfile::tempdir().unwrap();
-        let serial;
-        {
-            let store = open(dir.path());
-            store.set(spec("kept.test", "A", "10.0.0.1")).unwrap();
-            store.set(spec("alias.test", "CNAME", "kept.test")).unwrap();
-            serial = store.serial();
-            let before = tree(&store);
-            // Each change runs with its flush failing, and must leave the tree as it was.
-            let fails_and_is_undone = |what: &str, change: &dyn Fn() -> Result<(), StoreError>| {
-                store.failing_flushes.store(1, Ordering::Release);
-                let result = change();
-                assert!(
-                    matches!(result, Err(StoreError::Sled(_))),
-                    "{what}: {result:?}"
-                );
-                assert_eq!(tree(&store), before, "{what}: the tree is as it was");
-            };
-            fails_and_is_undone("a new record", &|| {
-                store.set(spec("new.test", "A", "10.0.0.2"))
-            });
-            fails_and_is_undone("a record rewritten with another TTL", &|| {
-                store.set(RecordSpec {
-                    ttl: 300,
-                    ..spec("kept.test", "A", "10.0.0.1")
-                })
-            });
-            fails_and_is_undone("a CNAME replacing another", &|| {
-                store.set(spec("alias.test", "CNAME", "other.test"))
-            });
-            fails_and_is_undone("a removal", &|| store.unset("kept.test", None).map(drop));
-            assert_eq!(store.serial(), serial);
-            assert_eq!(store.len(), 2);
-            assert!(store.lookup(&owner("new.test.")).is_none());
-            assert_eq!(store.lookup(&owner("kept.test.")).unwrap()[0].ttl, 0);
-            // The next change commits on top of the restored state.
-            store.set(spec("later.test", "A", "10.0.0.3")).unwrap();
-            assert_eq!(store.serial(), serial + 1);
-        }
-        let store = open(dir.path());
-        let names: Vec<(String, String)> = store
-            .list()
-            .into_iter()
-            .map(|s| (s.name, s.value))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                ("alias.test".into(), "kept.test".into()),
-                ("kept.test".into(), "10.0.0.1".into()),
-                ("later.test".into(), "10.0.0.3".into()),
-            ]
-        );
-        assert_eq!(store.serial(), serial + 1);
     }
 
     /// Whether another opener could take the tree now (sled's flock conflicts between
@@ -619,7 +539,7 @@ mod tests {
         assert!(store.lookup(&owner("old.test.")).is_some());
         assert!(store.lookup(&owner("new.test.")).is_none());
 
-        store.attach(open_db(dir.path())).unwrap();
+        store.attach(open_db(dir.path()), dir.path()).unwrap();
         assert!(store.lookup(&owner("old.test.")).is_none());
         assert!(store.lookup(&owner("kept.test.")).is_some());
         assert!(store.lookup(&owner("new.test.")).is_some());
@@ -652,7 +572,8 @@ mod tests {
             let store = open(dir.path());
             store.set(spec("api.test", "A", "10.0.0.1")).unwrap();
         }
-        let store = RecordStore::open(open_db(dir.path()), &ZoneNames::new("dev")).unwrap();
+        let store =
+            RecordStore::open(open_db(dir.path()), dir.path(), &ZoneNames::new("dev")).unwrap();
         assert_eq!(store.len(), 0);
         drop(store);
         assert_eq!(open(dir.path()).len(), 1);

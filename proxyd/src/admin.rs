@@ -43,7 +43,7 @@ impl AdminService {
             .ok_or_else(|| Status::unavailable("proxyd has handed its site store over"))
     }
 
-    /// Runs a store operation (sled writes and a flush) off the async workers.
+    /// Runs a store operation (sled writes and a commit) off the async workers.
     async fn blocking<T: Send + 'static>(
         store: Arc<SiteStore>,
         op: impl FnOnce(&SiteStore) -> Result<T, StoreError> + Send + 'static,
@@ -114,7 +114,7 @@ fn status(e: StoreError) -> Status {
         StoreError::Invalid(_) => Status::invalid_argument(e.to_string()),
         StoreError::Taken { .. } => Status::already_exists(e.to_string()),
         StoreError::NotFound(_) => Status::not_found(e.to_string()),
-        StoreError::Storage(_) | StoreError::Encode(_) => {
+        StoreError::Storage(_) | StoreError::Encode(_) | StoreError::Sync(_) => {
             tracing::error!("{e}");
             Status::internal(e.to_string())
         }

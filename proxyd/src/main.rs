@@ -96,6 +96,7 @@ fn run() -> anyhow::Result<()> {
         tld: daemon.settings.dns.tld.clone(),
         own: OwnListeners::new(http_addrs.clone()),
         routes: Arc::new(Routes::default()),
+        tree: daemon.tree_path(),
     };
     let store = store_setup
         .open(daemon.open_tree()?)

@@ -1,12 +1,14 @@
 //! The sites, kept in proxyd's sled tree and mirrored in memory.
 //!
-//! sled is the record. Every change is flushed before the call returns (an acknowledged
-//! `LinkSite` survives a crash), then published: a new snapshot of the sites (for
-//! `ListSites` and the status line) and a new routing table (for the proxy, and for the
-//! conflict checks: one lookup per hostname). Readers load the snapshots and never wait.
-//! Writers are serialised by a lock that only writers take, which makes "check the
-//! hostnames are free, write, flush, publish" atomic without stalling any reader behind a
-//! slow disk.
+//! sled is the record. Every change is committed before the call returns (sled's flush and
+//! `fdatasync`, see [`securely_core::durable`]: an acknowledged `LinkSite` survives a
+//! crash and a power cut), then published: a new snapshot of the sites (for `ListSites`
+//! and the status line) and a new routing table (for the proxy, and for the conflict
+//! checks: one lookup per hostname). Readers load the snapshots and never wait. Writers
+//! are serialised by a lock that only writers take, which makes "check the hostnames are
+//! free, write, commit, publish" atomic without stalling any reader behind a slow disk.
+//! A commit that fails ends proxyd (status 74) before anything is published or answered:
+//! the supervisor restarts it from what the disk holds.
 //!
 //! A store can be closed and opened again within one run of proxyd (a hand-over that
 //! failed, see [`crate::tenure`]): [`StoreSetup`] keeps what it is opened with, and
@@ -16,9 +18,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use securely_core::durable::{self, CommitError, DurableTree};
 use serde::{Deserialize, Serialize};
 
 use crate::loops::OwnListeners;
@@ -60,6 +64,9 @@ pub enum StoreError {
     /// A record could not be encoded.
     #[error("site store: cannot encode site: {0}")]
     Encode(#[from] bincode::error::EncodeError),
+    /// The tree's files could not be synced when opening it.
+    #[error("site store: {0}")]
+    Sync(#[from] CommitError),
 }
 
 /// What a site store is opened with besides its tree, kept to open it again.
@@ -71,12 +78,16 @@ pub struct StoreSetup {
     pub own: OwnListeners,
     /// The routing table the proxy reads; every opening republishes it.
     pub routes: Arc<Routes>,
+    /// The tree's directory (whose files every commit syncs).
+    pub tree: PathBuf,
 }
 
 impl StoreSetup {
-    /// Opens the site store on `db` (see [`SiteStore::open`]).
+    /// Opens the site store on `db`, opened from [`StoreSetup::tree`] (see
+    /// [`SiteStore::open`]).
     pub fn open(&self, db: sled::Db) -> Result<SiteStore, StoreError> {
-        SiteStore::open(db, &self.tld, self.own.clone(), self.routes.clone())
+        let durable = DurableTree::open(db, &self.tree)?;
+        SiteStore::open(durable, &self.tld, self.own.clone(), self.routes.clone())
     }
 }
 
@@ -85,29 +96,29 @@ type Sites = BTreeMap<String, Site>;
 
 /// The sled-backed set of sites.
 pub struct SiteStore {
-    db: sled::Db,
     tree: sled::Tree,
     tld: String,
     own: OwnListeners,
-    /// Taken by writers only, for the whole check-write-flush-publish step.
-    writer: Mutex<()>,
+    /// Taken by writers only, for the whole check-write-commit-publish step; it holds
+    /// what commits.
+    writer: Mutex<DurableTree>,
     /// The sites as of the last completed change.
     sites: ArcSwap<Sites>,
     routes: Arc<Routes>,
 }
 
 impl SiteStore {
-    /// Loads the sites from proxyd's database and publishes their routing table. `tld` is
+    /// Loads the sites from proxyd's tree and publishes their routing table. `tld` is
     /// the local TLD as the resolved settings hold it (lowercase, no trailing dot); `own`
     /// are proxyd's listeners, which no site may target. Records that no longer pass the
     /// checks (say, after the TLD changed) are skipped with a warning, never fatal.
     pub fn open(
-        db: sled::Db,
+        durable: DurableTree,
         tld: &str,
         own: OwnListeners,
         routes: Arc<Routes>,
     ) -> Result<Self, StoreError> {
-        let tree = db.open_tree(SITES_TREE)?;
+        let tree = durable.db().open_tree(SITES_TREE)?;
         let tld = tld.to_string();
         let mut sites = Sites::new();
         let mut owners: HashMap<String, String> = HashMap::new();
@@ -134,11 +145,10 @@ impl SiteStore {
             }
         }
         let store = Self {
-            db,
             tree,
             tld,
             own,
-            writer: Mutex::new(()),
+            writer: Mutex::new(durable),
             sites: ArcSwap::from_pointee(Sites::new()),
             routes,
         };
@@ -161,7 +171,7 @@ impl SiteStore {
         };
         let value = bincode::serde::encode_to_vec(&record, bincode::config::standard())?;
 
-        let _writer = self.write_lock();
+        let mut writer = self.write_lock();
         let table = self.routes.snapshot();
         if let Some(taken) = first_conflict(&site, &self.tld, |hostname| {
             table.route(hostname).map(|route| route.site.as_str())
@@ -169,7 +179,7 @@ impl SiteStore {
             return Err(taken);
         }
         self.tree.insert(site.name.as_bytes(), value)?;
-        self.tree.flush()?;
+        commit(&mut writer);
         let mut sites = Sites::clone(&self.sites.load());
         sites.insert(site.name.clone(), site.clone());
         self.publish(sites);
@@ -179,13 +189,13 @@ impl SiteStore {
     /// Removes the site `name`.
     pub fn unlink(&self, name: &str) -> Result<Site, StoreError> {
         let name = crate::sites::parse_name(name)?;
-        let _writer = self.write_lock();
+        let mut writer = self.write_lock();
         let mut sites = Sites::clone(&self.sites.load());
         let Some(removed) = sites.remove(&name) else {
             return Err(StoreError::NotFound(name));
         };
         self.tree.remove(name.as_bytes())?;
-        self.tree.flush()?;
+        commit(&mut writer);
         self.publish(sites);
         Ok(removed)
     }
@@ -203,15 +213,16 @@ impl SiteStore {
     /// Flushes and closes the database; the tree's lock is released once this returns
     /// (give or take sled's IO threads finishing, see the build notes).
     pub fn close(self) -> Result<(), sled::Error> {
-        self.db.flush()?;
+        let durable = self.writer.into_inner().unwrap_or_else(|e| e.into_inner());
+        durable.db().flush()?;
         drop(self.tree);
-        drop(self.db);
+        drop(durable);
         Ok(())
     }
 
     /// Flushes without closing (when other handles may still be alive).
     pub fn flush(&self) -> Result<(), sled::Error> {
-        self.db.flush().map(drop)
+        self.write_lock().db().flush().map(drop)
     }
 
     /// Refuses an IP target that is one of proxyd's own listeners: every request would
@@ -242,9 +253,17 @@ impl SiteStore {
         self.sites.store(Arc::new(sites));
     }
 
-    fn write_lock(&self) -> MutexGuard<'_, ()> {
+    fn write_lock(&self) -> MutexGuard<'_, DurableTree> {
         // The lock guards no data of its own; a writer that panicked left nothing torn.
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Commits a change (on the writer's lock), or ends proxyd if it cannot: see the module
+/// doc.
+fn commit(writer: &mut DurableTree) {
+    if let Err(error) = writer.commit() {
+        durable::exit_for_restart("committing a site change", &error);
     }
 }
 
@@ -288,14 +307,20 @@ mod tests {
 
     const OWN_LISTENER: &str = "127.0.0.1:8080";
 
+    fn setup(dir: &std::path::Path, own: OwnListeners) -> StoreSetup {
+        StoreSetup {
+            tld: "test".into(),
+            own,
+            routes: Arc::new(Routes::default()),
+            tree: dir.to_path_buf(),
+        }
+    }
+
     fn store(dir: &std::path::Path) -> (SiteStore, Arc<Routes>) {
         let db = sled::Config::new().path(dir).open().unwrap();
-        let routes = Arc::new(Routes::default());
         let own = OwnListeners::new(vec![OWN_LISTENER.parse().unwrap()]);
-        (
-            SiteStore::open(db, "test", own, routes.clone()).unwrap(),
-            routes,
-        )
+        let setup = setup(dir, own);
+        (setup.open(db).unwrap(), setup.routes)
     }
 
     #[test]
@@ -382,11 +407,7 @@ mod tests {
     #[test]
     fn reopening_republishes_what_the_tree_holds_now() {
         let dir = tempfile::tempdir().unwrap();
-        let setup = StoreSetup {
-            tld: "test".into(),
-            own: OwnListeners::default(),
-            routes: Arc::new(Routes::default()),
-        };
+        let setup = setup(dir.path(), OwnListeners::default());
         let open = || {
             setup
                 .open(sled::Config::new().path(dir.path()).open().unwrap())

@@ -139,11 +139,12 @@ mod tests {
     use crate::loops::OwnListeners;
     use crate::routing::Routes;
 
-    fn setup() -> StoreSetup {
+    fn setup(tree: &std::path::Path) -> StoreSetup {
         StoreSetup {
             tld: "test".into(),
             own: OwnListeners::default(),
             routes: Arc::new(Routes::default()),
+            tree: tree.to_path_buf(),
         }
     }
 
@@ -154,7 +155,7 @@ mod tests {
     #[tokio::test]
     async fn a_release_waits_for_the_last_holder_and_a_reopen_reloads() {
         let dir = tempfile::tempdir().unwrap();
-        let setup = setup();
+        let setup = setup(dir.path());
         let slot = StoreSlot::new(setup.open(open(dir.path()).unwrap()).unwrap());
         slot.get().unwrap().link("a", "127.0.0.1:1", &[]).unwrap();
 
@@ -171,12 +172,11 @@ mod tests {
         assert_eq!(setup.routes.snapshot().route("a.test").unwrap().site, "a");
 
         // Another instance changes the tree meanwhile.
-        let other = SiteStore::open(
-            open(dir.path()).unwrap(),
-            "test",
-            OwnListeners::default(),
-            Arc::new(Routes::default()),
-        )
+        let other = StoreSetup {
+            routes: Arc::new(Routes::default()),
+            ..setup.clone()
+        }
+        .open(open(dir.path()).unwrap())
         .unwrap();
         other.link("b", "127.0.0.1:2", &[]).unwrap();
         other.close().unwrap();
@@ -193,7 +193,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_held_too_long_is_not_released() {
         let dir = tempfile::tempdir().unwrap();
-        let slot = StoreSlot::new(setup().open(open(dir.path()).unwrap()).unwrap());
+        let slot = StoreSlot::new(setup(dir.path()).open(open(dir.path()).unwrap()).unwrap());
         let _stuck = slot.get().unwrap();
         let err = release(&slot, std::future::pending()).await.unwrap_err();
         assert!(matches!(err, TenureError::StillInUse(_)), "{err}");
@@ -203,7 +203,7 @@ mod tests {
     #[tokio::test]
     async fn a_fast_shutdown_cuts_a_release_short() {
         let dir = tempfile::tempdir().unwrap();
-        let slot = StoreSlot::new(setup().open(open(dir.path()).unwrap()).unwrap());
+        let slot = StoreSlot::new(setup(dir.path()).open(open(dir.path()).unwrap()).unwrap());
         let _stuck = slot.get().unwrap();
         let err = release(&slot, async {}).await.unwrap_err();
         assert!(matches!(err, TenureError::Interrupted), "{err}");
@@ -216,7 +216,7 @@ mod tests {
     #[tokio::test]
     async fn a_tree_that_cannot_be_opened_is_reported() {
         let slot = StoreSlot::default();
-        let err = reopen(&slot, setup(), || {
+        let err = reopen(&slot, setup(std::path::Path::new("/nonexistent")), || {
             Err(StartError::Usage("no tree here".into()))
         })
         .await

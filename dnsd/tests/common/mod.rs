@@ -48,6 +48,8 @@ pub struct Dnsd {
 pub struct DnsConfig {
     pub upstreams: Vec<String>,
     pub addresses: Option<Vec<String>>,
+    /// The fault file the daemon's disk syncs obey (`securely_core::durable::fault`).
+    pub sync_fault: Option<PathBuf>,
 }
 
 impl Dnsd {
@@ -92,6 +94,12 @@ impl Dnsd {
             .env_remove("LISTEN_FDS")
             .env_remove("SECURELY_NOTIFY_FD")
             .env_remove("SECURELY_SETTINGS")
+            .envs(
+                config
+                    .sync_fault
+                    .iter()
+                    .map(|path| (securely_core::durable::fault::SYNC_FAULT_ENV, path)),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"))

@@ -45,6 +45,12 @@ impl Hidden {
     pub fn contains(&self, id: u64) -> bool {
         self.by_id.contains_key(&id)
     }
+
+    /// How many jobs are hidden.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
 }
 
 #[cfg(test)]

@@ -227,6 +227,9 @@ impl Engine {
         let (value, readied) = f(store, now)?;
         match self.committer.request(readied.wake(&self.wakeups)) {
             Ok(commit) => {
+                // Forget what is durable by now, so that the hidden set stays as small as
+                // the writes in flight even when nobody reserves.
+                state.hidden.show_up_to(self.committer.durable());
                 state.hidden.hide(&readied.ids, commit.seq());
                 Ok((value, commit))
             }

@@ -119,3 +119,19 @@ async fn reserving_plans_the_reaper_for_the_earliest_deadline() {
     );
     f.committer.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_jobs_show_and_the_hidden_set_stays_small_without_reserves() {
+    let f = fixture();
+    let mut ids = Vec::new();
+    for i in 0..100u32 {
+        ids.push(f.engine.push("q", &i.to_be_bytes(), 0, 1).await.unwrap());
+    }
+    assert!(f.engine.state().hidden.len() <= 1);
+    for id in ids {
+        let job = f.engine.reserve("q", 60_000, Duration::ZERO).await.unwrap();
+        assert_eq!(job.id, id);
+    }
+    assert_eq!(f.engine.state().hidden.len(), 0);
+    f.committer.stop().await;
+}
