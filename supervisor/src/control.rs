@@ -13,10 +13,12 @@ use securely_proto::supervisor::{
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
-use crate::operation::Operation;
+use crate::operation::{Busy, Operation, Operations};
+use crate::serving::Serving;
+use crate::slot::ReplaceError;
 use crate::stack::Stack;
 use crate::state::Upgrades;
-use crate::trigger::UpgradeTrigger;
+use crate::trigger::{Refused, UpgradeTrigger};
 
 /// How long calls in flight get when the control server stops (the supervisor exits or
 /// re-executes).
@@ -30,26 +32,27 @@ pub struct ControlService {
     access: Access,
     control_socket: String,
     upgrades: Arc<Upgrades>,
+    operations: Operations,
     trigger: mpsc::Sender<UpgradeTrigger>,
 }
 
 impl ControlService {
-    /// A control service over `stack`; `Stop` pulls `shutdown`, `Reload` sends on
-    /// `trigger` and reports from `upgrades`.
+    /// A control service over `stack`, as `serving` runs it; `Stop` pulls `shutdown`,
+    /// `Reload` sends on `trigger`.
     pub fn new(
         stack: Arc<Stack>,
+        serving: &Serving,
         shutdown: Shutdown,
         access: Access,
-        control_socket: String,
-        upgrades: Arc<Upgrades>,
         trigger: mpsc::Sender<UpgradeTrigger>,
     ) -> Self {
         Self {
             stack,
             shutdown,
             access,
-            control_socket,
-            upgrades,
+            control_socket: serving.settings.control_socket().display().to_string(),
+            upgrades: serving.upgrades.clone(),
+            operations: serving.operations.clone(),
             trigger,
         }
     }
@@ -96,7 +99,7 @@ impl Supervisor for ControlService {
     ) -> Result<Response<RestartReply>, Status> {
         self.access.authorize(&request)?;
         if self.shutdown.requested().is_some() {
-            return Err(Status::unavailable("the stack is stopping"));
+            return Err(stopping());
         }
         let name = request.into_inner().daemon;
         let slot = self.stack.slot(&name).ok_or_else(|| {
@@ -106,16 +109,17 @@ impl Supervisor for ControlService {
             ))
         })?;
         let guard = self
-            .stack
+            .operations
             .begin(Operation::Restart(name.clone()))
-            .map_err(|busy| Status::unavailable(busy.to_string()))?;
+            .map_err(busy)?;
         tracing::info!(daemon = %name, "restart requested");
         match slot.replace(Some(guard)).await {
             Ok(replaced) => Ok(Response::new(RestartReply {
                 pid: replaced.pid,
                 old_pid: replaced.old_pid,
             })),
-            Err(reason) => Err(Status::aborted(format!(
+            Err(ReplaceError::Stopping) => Err(stopping()),
+            Err(ReplaceError::Failed(reason)) => Err(Status::aborted(format!(
                 "restart of {name} failed: {reason}"
             ))),
         }
@@ -127,19 +131,19 @@ impl Supervisor for ControlService {
     ) -> Result<Response<ReloadReply>, Status> {
         self.access.authorize(&request)?;
         if self.shutdown.requested().is_some() {
-            return Err(Status::unavailable("the stack is stopping"));
+            return Err(stopping());
         }
+        let guard = self.operations.begin(Operation::Upgrade).map_err(busy)?;
         let (reply, answer) = oneshot::channel();
         self.trigger
-            .try_send(UpgradeTrigger { reply: Some(reply) })
-            .map_err(|_| Status::unavailable("busy: an upgrade is already pending"))?;
+            .try_send(UpgradeTrigger::call(reply, guard))
+            .map_err(|_| stopping())?;
         match answer.await {
             Ok(Ok(id)) => Ok(Response::new(ReloadReply { id })),
-            Ok(Err(reason)) if reason.starts_with("busy") => Err(Status::unavailable(reason)),
-            Ok(Err(reason)) => Err(Status::failed_precondition(format!(
-                "upgrade refused, nothing changed: {reason}"
+            Ok(Err(Refused::Stopping(_))) | Err(_) => Err(stopping()),
+            Ok(Err(refused @ Refused::Check(_))) => Err(Status::failed_precondition(format!(
+                "upgrade refused, nothing changed: {refused}"
             ))),
-            Err(_) => Err(Status::unavailable("the supervisor is stopping")),
         }
     }
 
@@ -154,4 +158,14 @@ impl Supervisor for ControlService {
         self.shutdown.request(kind);
         Ok(Response::new(StopReply {}))
     }
+}
+
+/// Another operation runs: try again later.
+fn busy(busy: Busy) -> Status {
+    Status::unavailable(busy.to_string())
+}
+
+/// The stack is stopping: nothing new starts.
+fn stopping() -> Status {
+    Status::unavailable("the stack is stopping")
 }

@@ -48,6 +48,7 @@ use securely_core::settings::Settings;
 use crate::carried::CarriedState;
 use crate::cli::Args;
 use crate::daemonize::StartupReport;
+use crate::operation::Operations;
 use crate::pidfile::PidFile;
 use crate::serving::{Beginning, Serving};
 use crate::sockets::StackSockets;
@@ -157,6 +158,7 @@ fn supervise(
         exe,
         conf,
         upgrades: Arc::new(Upgrades::default()),
+        operations: Operations::default(),
         adopted: HashMap::new(),
         next: Beginning::Start,
         started: Instant::now(),

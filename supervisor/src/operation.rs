@@ -43,6 +43,18 @@ pub struct OperationGuard {
 }
 
 impl Operations {
+    /// New operations whose first, `operation`, is already running (an upgrade that an
+    /// image of the supervisor continues from the one before: nothing can come first).
+    pub fn claimed(operation: Operation) -> (Self, OperationGuard) {
+        let operations = Self {
+            running: Arc::new(Mutex::new(Some(operation))),
+        };
+        let guard = OperationGuard {
+            running: operations.running.clone(),
+        };
+        (operations, guard)
+    }
+
     /// Claims the right to run `operation`, unless another runs.
     pub fn begin(&self, operation: Operation) -> Result<OperationGuard, Busy> {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -79,6 +91,17 @@ mod tests {
             busy.to_string(),
             "busy: a restart of queued is in progress; try again when it is done"
         );
+        drop(guard);
+        assert!(operations.begin(Operation::Upgrade).is_ok());
+    }
+
+    #[test]
+    fn claimed_from_the_start() {
+        let (operations, guard) = Operations::claimed(Operation::Upgrade);
+        let busy = operations
+            .begin(Operation::Restart("dnsd".into()))
+            .unwrap_err();
+        assert_eq!(busy.running, Operation::Upgrade);
         drop(guard);
         assert!(operations.begin(Operation::Upgrade).is_ok());
     }

@@ -17,13 +17,13 @@ use crate::daemonize::StartupReport;
 use crate::serving::{Beginning, Serving};
 use crate::signals;
 use crate::stack::Stack;
-use crate::trigger::{UpgradeTrigger, watch_signals as watch_upgrade_signals};
+use crate::trigger::{
+    PENDING as PENDING_TRIGGERS, UpgradeTrigger, watch_signals as watch_upgrade_signals,
+};
 use crate::upgrade::{self, Upgraded};
 
 /// How long start-up may take before `-d` gives up and reports failure.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Upgrade requests that may wait for the serve loop.
-const PENDING_TRIGGERS: usize = 4;
 
 /// Serves until the stack stops; returns once every daemon is gone.
 pub async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::Result<()> {
@@ -32,7 +32,7 @@ pub async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::
         .watch_signals()
         .context("installing signal handlers")?;
     let (trigger, mut triggers) = tokio::sync::mpsc::channel::<UpgradeTrigger>(PENDING_TRIGGERS);
-    watch_upgrade_signals(trigger.clone())?;
+    watch_upgrade_signals(serving.operations.clone(), trigger.clone())?;
     // The handlers are in place: let the signals held since start-up (or across the
     // exec) arrive (on this thread; the runtime's workers keep them blocked).
     signals::unblock_stop_signals()?;
@@ -59,11 +59,12 @@ pub async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::
         )?);
 
         match std::mem::replace(&mut serving.next, Beginning::Start) {
-            Beginning::ContinueUpgrade(problem) => {
+            Beginning::ContinueUpgrade { guard, problem } => {
                 tokio::spawn(upgrade::continue_upgrade(
                     stack.clone(),
                     serving.upgrades.clone(),
                     notifier.clone(),
+                    guard,
                     problem,
                 ));
             }
@@ -130,10 +131,9 @@ fn start_control(
 ) -> anyhow::Result<RpcServer> {
     let service = ControlService::new(
         stack.clone(),
+        serving,
         shutdown.clone(),
         access.clone(),
-        serving.settings.control_socket().display().to_string(),
-        serving.upgrades.clone(),
         trigger.clone(),
     );
     let listener = serving
@@ -156,8 +156,8 @@ async fn await_startup(
     report: &mut StartupReport,
 ) {
     let startup = tokio::select! {
-        result = stack.wait_all_ready(STARTUP_TIMEOUT) => result,
-        kind = shutdown.wait() => Err(format!("{kind:?} shutdown requested during start-up")),
+        result = stack.wait_all_ready(STARTUP_TIMEOUT) => result.map_err(anyhow::Error::from),
+        kind = shutdown.wait() => Err(anyhow::anyhow!("{kind:?} shutdown requested during start-up")),
     };
     match startup {
         Ok(()) => {
@@ -166,7 +166,7 @@ async fn await_startup(
         }
         Err(reason) if report.pending() => {
             tracing::error!("start-up failed: {reason}");
-            report.failed(&reason);
+            report.failed(&reason.to_string());
             shutdown.request(ShutdownKind::Fast);
         }
         Err(reason) => {

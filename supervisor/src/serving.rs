@@ -10,6 +10,7 @@ use std::time::Instant;
 use securely_core::settings::Settings;
 
 use crate::carried::ExportedSlot;
+use crate::operation::{OperationGuard, Operations};
 use crate::pidfile::PidFile;
 use crate::sockets::StackSockets;
 use crate::state::Upgrades;
@@ -29,6 +30,8 @@ pub struct Serving {
     pub conf: Option<PathBuf>,
     /// The last upgrade, as status shows it.
     pub upgrades: Arc<Upgrades>,
+    /// The one restart or upgrade that may run at a time, across stacks.
+    pub operations: Operations,
     /// Instances handed across an exec, to adopt.
     pub adopted: HashMap<String, ExportedSlot>,
     /// How the next stack begins.
@@ -44,6 +47,12 @@ pub enum Beginning {
     /// ready and report it.
     Start,
     /// After an upgrade's exec: hand every adopted daemon over to its new binary, or,
-    /// with a reason, report why the new settings could not be used.
-    ContinueUpgrade(Option<String>),
+    /// with a `problem`, report why the new settings could not be used. `guard` is the
+    /// upgrade's, claimed before anything could ask for another operation.
+    ContinueUpgrade {
+        /// The right to run the rest of the upgrade.
+        guard: OperationGuard,
+        /// Why the new settings could not be used, if they could not.
+        problem: Option<String>,
+    },
 }

@@ -41,15 +41,32 @@ pub struct Replaced {
     pub old_pid: u32,
 }
 
+/// Why a requested hand-over did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// The stack stops (or the slot's task has ended): nothing new starts.
+    #[error("the stack is stopping")]
+    Stopping,
+    /// The new instance failed (why, in one line); the old one serves on unless it is
+    /// gone too.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The slot's task has ended.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: supervision has ended")]
+pub struct Ended(&'static str);
+
 /// A request for a hand-over, answered once it is over.
 struct ReplaceRequest {
-    reply: oneshot::Sender<Result<Replaced, String>>,
+    reply: oneshot::Sender<Result<Replaced, ReplaceError>>,
     /// The right to run it, held until it is done (even if the caller goes away).
     _guard: Option<OperationGuard>,
 }
 
 impl ReplaceRequest {
-    fn answer(self, result: Result<Replaced, String>) {
+    fn answer(self, result: Result<Replaced, ReplaceError>) {
         let _ = self.reply.send(result);
     }
 }
@@ -146,7 +163,7 @@ impl Slot {
     /// Hands the daemon over to a new instance; answers once the new one serves, or with
     /// the reason it failed (the old one then still serves). `guard`, if given, is held
     /// until the hand-over is over.
-    pub async fn replace(&self, guard: Option<OperationGuard>) -> Result<Replaced, String> {
+    pub async fn replace(&self, guard: Option<OperationGuard>) -> Result<Replaced, ReplaceError> {
         let (reply, answer) = oneshot::channel();
         let request = ReplaceRequest {
             reply,
@@ -155,10 +172,8 @@ impl Slot {
         self.requests
             .send(Request::Replace(request))
             .await
-            .map_err(|_| format!("{} is stopped", self.name))?;
-        answer
-            .await
-            .map_err(|_| format!("{} is stopped", self.name))?
+            .map_err(|_| ReplaceError::Stopping)?;
+        answer.await.map_err(|_| ReplaceError::Stopping)?
     }
 
     /// Has the serving instance close its sled tree, for another supervisor's daemons to
@@ -172,15 +187,13 @@ impl Slot {
 
     /// Ends supervision without stopping the instances, which the next image of the
     /// supervisor adopts.
-    pub async fn export(&self) -> Result<ExportedSlot, String> {
+    pub async fn export(&self) -> Result<ExportedSlot, Ended> {
         let (reply, answer) = oneshot::channel();
         self.requests
             .send(Request::Export(reply))
             .await
-            .map_err(|_| format!("{} is stopped", self.name))?;
-        answer
-            .await
-            .map_err(|_| format!("{} is stopped", self.name))
+            .map_err(|_| Ended(self.name))?;
+        answer.await.map_err(|_| Ended(self.name))
     }
 }
 
@@ -257,7 +270,7 @@ impl Supervision {
     async fn start(&mut self, request: Option<ReplaceRequest>) -> Phase {
         if let Some(kind) = self.shutdown.requested() {
             if let Some(request) = request {
-                request.answer(Err(stopping(kind)));
+                request.answer(Err(ReplaceError::Stopping));
             }
             return Phase::Stop(None, kind);
         }
@@ -274,13 +287,13 @@ impl Supervision {
             }
             Err(HandoverError::Failed { reason, .. }) => {
                 if let Some(request) = request {
-                    request.answer(Err(reason.clone()));
+                    request.answer(Err(ReplaceError::Failed(reason.clone())));
                 }
                 Phase::Backoff(reason)
             }
             Err(HandoverError::Stop(kind)) => {
                 if let Some(request) = request {
-                    request.answer(Err(stopping(kind)));
+                    request.answer(Err(ReplaceError::Stopping));
                 }
                 Phase::Stop(None, kind)
             }
@@ -338,7 +351,7 @@ impl Supervision {
                 Phase::Run(new)
             }
             Err(HandoverError::Failed { reason, old_lost }) => {
-                request.answer(Err(reason.clone()));
+                request.answer(Err(ReplaceError::Failed(reason.clone())));
                 if old_lost {
                     return Phase::Backoff(reason);
                 }
@@ -349,7 +362,7 @@ impl Supervision {
                 Phase::Run(old)
             }
             Err(HandoverError::Stop(kind)) => {
-                request.answer(Err(stopping(kind)));
+                request.answer(Err(ReplaceError::Stopping));
                 Phase::Stop(Some(old), kind)
             }
         }
@@ -500,7 +513,7 @@ impl Supervision {
         self.requests.close();
         while let Ok(request) = self.requests.try_recv() {
             if let Request::Replace(request) = request {
-                request.answer(Err(stopping(kind)));
+                request.answer(Err(ReplaceError::Stopping));
             }
         }
     }
@@ -520,9 +533,4 @@ impl Supervision {
             s.ready_since = None;
         });
     }
-}
-
-/// The answer to a request the stack's stop overtook.
-fn stopping(kind: ShutdownKind) -> String {
-    format!("the stack is stopping ({kind:?})")
 }

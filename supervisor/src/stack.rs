@@ -11,11 +11,34 @@ use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tokio::task::JoinHandle;
 
 use crate::carried::ExportedSlot;
-use crate::operation::{Busy, Operation, OperationGuard, Operations};
 use crate::slot::Slot;
 use crate::sockets::DaemonSockets;
 use crate::spec::SlotSpec;
 use crate::state::DaemonState;
+
+/// Why the stack is not ready.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    /// A daemon's instance failed before it was ready.
+    #[error("{daemon}: {last_exit}")]
+    Failed {
+        /// The daemon.
+        daemon: &'static str,
+        /// How its instance ended.
+        last_exit: String,
+    },
+    /// Supervision of a daemon ended (the stack stopped or was exported).
+    #[error("{0}: supervision ended")]
+    Ended(&'static str),
+    /// Not every daemon was ready in time.
+    #[error("not ready within {seconds}s: {late}")]
+    Late {
+        /// The time they had.
+        seconds: u64,
+        /// The daemons not ready, comma-separated.
+        late: String,
+    },
+}
 
 /// Every daemon under supervision.
 #[derive(Debug)]
@@ -23,8 +46,6 @@ pub struct Stack {
     slots: Vec<Slot>,
     tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     started: Instant,
-    /// The one restart or upgrade that may run at a time.
-    operations: Operations,
 }
 
 impl Stack {
@@ -59,13 +80,7 @@ impl Stack {
             slots,
             tasks: tokio::sync::Mutex::new(tasks),
             started,
-            operations: Operations::default(),
         }
-    }
-
-    /// Claims the right to run `operation` (a restart or an upgrade): one at a time.
-    pub fn begin(&self, operation: Operation) -> Result<OperationGuard, Busy> {
-        self.operations.begin(operation)
     }
 
     /// Ends supervision without stopping the daemons, for an exec of the supervisor:
@@ -106,7 +121,7 @@ impl Stack {
 
     /// Waits until every daemon is ready. Fails at the first daemon whose instance
     /// fails before it is ready, or after `timeout`.
-    pub async fn wait_all_ready(&self, timeout: Duration) -> Result<(), String> {
+    pub async fn wait_all_ready(&self, timeout: Duration) -> Result<(), NotReady> {
         let all = async {
             for slot in &self.slots {
                 let mut watch = slot.watch();
@@ -118,11 +133,14 @@ impl Stack {
                             break;
                         }
                         if status.consecutive_failures > failures_before {
-                            return Err(format!("{}: {}", slot.name, status.last_exit));
+                            return Err(NotReady::Failed {
+                                daemon: slot.name,
+                                last_exit: status.last_exit.clone(),
+                            });
                         }
                     }
                     if watch.changed().await.is_err() {
-                        return Err(format!("{}: supervision ended", slot.name));
+                        return Err(NotReady::Ended(slot.name));
                     }
                 }
             }
@@ -137,11 +155,10 @@ impl Stack {
                     .filter(|s| s.status().state != DaemonState::Ready)
                     .map(|s| s.name)
                     .collect();
-                Err(format!(
-                    "not ready within {}s: {}",
-                    timeout.as_secs(),
-                    late.join(", ")
-                ))
+                Err(NotReady::Late {
+                    seconds: timeout.as_secs(),
+                    late: late.join(", "),
+                })
             })
     }
 

@@ -31,18 +31,16 @@ use std::time::Duration;
 use securely_core::readiness::{Notice, Notifier};
 use securely_core::rpc::RpcServer;
 use securely_core::shutdown::Shutdown;
-use tokio::sync::oneshot;
 
 pub use resume::{continue_upgrade, resume};
 
 use crate::carried::{CarriedState, ExportedSlot};
 use crate::child;
 use crate::control;
-use crate::operation::Operation;
 use crate::serving::Serving;
 use crate::signals;
 use crate::stack::Stack;
-use crate::trigger::UpgradeTrigger;
+use crate::trigger::{Refused, UpgradeTrigger};
 
 /// After blocking the stop signals for an exec, how long a signal already caught gets to
 /// reach the shutdown switch (after as many yields to the runtime's tasks).
@@ -59,39 +57,24 @@ pub enum Upgraded {
     HandedAway,
 }
 
-/// Phases 1-3: check, carry, exec. Returns only if the process goes on in this image.
+/// Phases 1-3: check, carry, exec. `request` holds the one operation until the upgrade
+/// is over in this image. Returns only if the process goes on in this image.
 pub async fn upgrade(
     serving: &mut Serving,
     stack: &Arc<Stack>,
     shutdown: &Shutdown,
     notifier: &Notifier,
     control_server: &mut Option<RpcServer>,
-    request: UpgradeTrigger,
+    mut request: UpgradeTrigger,
 ) -> Upgraded {
-    let answer = |reply: Option<oneshot::Sender<Result<u64, String>>>, result| {
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
-        }
-    };
     if let Some(kind) = shutdown.requested() {
-        answer(
-            request.reply,
-            Err(format!("the stack is stopping ({kind:?})")),
-        );
+        request.answer(Err(Refused::Stopping(kind)));
         return Upgraded::Unchanged;
     }
-    let _guard = match stack.begin(Operation::Upgrade) {
-        Ok(guard) => guard,
-        Err(busy) => {
-            tracing::warn!("upgrade refused: {busy}");
-            answer(request.reply, Err(busy.to_string()));
-            return Upgraded::Unchanged;
-        }
-    };
     let id = serving.upgrades.begin();
     // pingora's path: a `securely -u` waiting on upgrade_sock takes the sockets (signal
     // only: `securelyctl reload` always upgrades in place).
-    if request.reply.is_none() {
+    if request.is_signal() {
         match takeover::hand_to_waiting_supervisor(serving, stack, shutdown).await {
             Ok(false) => {}
             Ok(true) => {
@@ -101,9 +84,9 @@ pub async fn upgrade(
                 }
                 return Upgraded::HandedAway;
             }
-            Err(reason) => {
-                tracing::error!(id, "upgrade failed, serving on: {reason}");
-                serving.upgrades.finish(Err(reason));
+            Err(e) => {
+                tracing::error!(id, "upgrade failed, serving on: {e:#}");
+                serving.upgrades.finish(Err(format!("{e:#}")));
                 return Upgraded::Unchanged;
             }
         }
@@ -120,17 +103,17 @@ pub async fn upgrade(
         .map(|d| child::binary_path(&serving.exe, d))
         .collect();
     let checked = tokio::select! {
-        checked = check::check(&serving.exe, serving.conf.as_deref(), &daemons) => checked,
-        kind = shutdown.wait() => Err(format!("a {kind:?} stop came first")),
+        checked = check::check(&serving.exe, serving.conf.as_deref(), &daemons) => checked.map_err(Refused::from),
+        kind = shutdown.wait() => Err(Refused::Stopping(kind)),
     };
-    if let Err(reason) = checked {
-        tracing::error!(id, "upgrade refused, nothing changed: {reason}");
-        serving.upgrades.finish(Err(reason.clone()));
-        answer(request.reply, Err(reason));
+    if let Err(refused) = checked {
+        tracing::error!(id, "upgrade refused, nothing changed: {refused}");
+        serving.upgrades.finish(Err(refused.to_string()));
+        request.answer(Err(refused));
         notifier.notify(Notice::Ready);
         return Upgraded::Unchanged;
     }
-    answer(request.reply, Ok(id));
+    request.answer(Ok(id));
 
     // Phase 2: carry. The control server first: the Reload call gets its answer out.
     serving.upgrades.progress("re-executing the supervisor");

@@ -10,7 +10,7 @@ use securely_core::readiness::Notifier;
 use securely_core::settings::Settings;
 
 use crate::carried::CarriedState;
-use crate::operation::Operation;
+use crate::operation::{Operation, OperationGuard, Operations};
 use crate::pidfile::PidFile;
 use crate::serving::{Beginning, Serving};
 use crate::sockets::StackSockets;
@@ -46,6 +46,9 @@ pub fn resume(
         }
     };
     carried.sockets.close();
+    // Claimed before the control server or the signal handlers run: nothing else can
+    // start until every daemon has been handed over.
+    let (operations, guard) = Operations::claimed(Operation::Upgrade);
     securely_core::logging::init(
         "securely",
         settings.error_log.as_deref(),
@@ -62,20 +65,23 @@ pub fn resume(
         exe,
         conf,
         upgrades: Arc::new(Upgrades::carried(carried.upgrade)),
+        operations,
         adopted: carried.slots,
-        next: Beginning::ContinueUpgrade(problem),
+        next: Beginning::ContinueUpgrade { guard, problem },
         started: Instant::now() - Duration::from_millis(carried.uptime_ms),
     })
 }
 
 /// Hands every daemon over to its new binary, one at a time, and records the result.
+/// `guard` is held until then.
 pub async fn continue_upgrade(
     stack: Arc<Stack>,
     upgrades: Arc<Upgrades>,
     notifier: Arc<Notifier>,
+    guard: OperationGuard,
     problem: Option<String>,
 ) {
-    let _guard = stack.begin(Operation::Upgrade);
+    let _guard = guard;
     if let Some(problem) = problem {
         tracing::error!("upgrade failed: {problem}");
         upgrades.finish(Err(problem));

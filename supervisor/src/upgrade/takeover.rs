@@ -60,7 +60,7 @@ pub async fn hand_to_waiting_supervisor(
     serving: &mut Serving,
     stack: &Stack,
     shutdown: &Shutdown,
-) -> Result<bool, String> {
+) -> anyhow::Result<bool> {
     let path = serving.settings.upgrade_socket();
     if !path.exists() {
         return Ok(false);
@@ -68,8 +68,7 @@ pub async fn hand_to_waiting_supervisor(
     let carried = serving.sockets.describe();
     let offered = tokio::task::spawn_blocking(move || offer(&path, &carried))
         .await
-        .map_err(|e| format!("sending the sockets: {e}"))?
-        .map_err(|e| format!("{e:#}"))?;
+        .context("sending the sockets")??;
     if !offered {
         return Ok(false);
     }
