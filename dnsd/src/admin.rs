@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use securely_core::admin::blocking_call;
 use securely_core::rpc::Access;
 use securely_proto::dns::dns_admin_server::{DnsAdmin, DnsAdminServer};
 use securely_proto::dns::{
@@ -63,10 +64,7 @@ impl AdminService {
         change: impl FnOnce(&RecordStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || change(&store))
-            .await
-            .map_err(|e| Status::internal(format!("record store task failed: {e}")))?
-            .map_err(store_status)
+        blocking_call(move || change(&store), store_status).await
     }
 }
 

@@ -1,6 +1,6 @@
 //! dnsd's answering: the protocol checks, dispatch of the question, and framing of the
 //! reply (EDNS, UDP size, flags) into the bytes to send. The serving loops
-//! ([`crate::serve_udp`], [`crate::serve_tcp`]) hand every message they receive to
+//! ([`crate::dns_server`]) hand every message they receive to
 //! [`DnsHandler::handle`].
 //!
 //! Messages shorter than a header and responses (QR=1) get nothing; messages whose

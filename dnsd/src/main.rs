@@ -3,37 +3,27 @@
 //! Every name under `dns.tld` resolves to the configured addresses, explicit records
 //! (set over gRPC, kept in sled) override that per name, `localhost` is answered
 //! locally, and other names go to `dns.upstreams` (or are refused). DNS is served by
-//! dnsd's own loops, one per socket ([`serve_udp`], [`serve_tcp`]), with hickory's types
-//! for the messages and hickory-resolver for forwarding.
+//! dnsd's own loops, one per socket ([`dns_server`]), with hickory's types for the
+//! messages and hickory-resolver for forwarding.
 //!
 //! The process runs in named phases:
 //! 1. **start** — settings, logging, inherited fds.
-//! 2. **prepare** — the tokio runtime, signal handling, the DNS sockets, the forwarder,
-//!    the zone and the handler: everything that needs no sled tree.
-//! 3. **await turn** — under the supervisor, report `PREPARED=1` and wait for `ACQUIRE`
-//!    (the instance replaced has released the tree by then); standalone, go on at once.
-//! 4. **open the record store** — open the tree (retrying while the previous process's
-//!    lock lingers) and load the records.
-//! 5. **serve** — DNS on the sockets, gRPC on its socket (taken only now: standalone,
-//!    it is bound, which fails while another instance runs), report ready.
-//! 6. **run** — until a shutdown request, carrying out the supervisor's hand-over
-//!    commands (see [`control_plane`]): on `RELEASE` gRPC stops and the tree closes while
-//!    DNS goes on answering from the in-memory records; on `RESUME` the tree reopens, the
-//!    records reload and gRPC serves again.
-//! 7. **stop** — graceful: drain DNS (see [`dns_server`]: stop reading and accepting
-//!    first, so that the instance that took over the shared sockets gets everything
-//!    from then on, then answer every question already taken and close the TCP
-//!    connections cleanly, within the grace period), then stop gRPC unless released.
-//!    Fast: drop DNS and gRPC at once.
-//! 8. **close the record store** (if it is attached), exit 0.
-//!
-//! A shutdown request before the store is open ends the process cleanly without
-//! serving; a failed release or resume exits non-zero.
+//! 2. **prepare** — the tokio runtime, the DNS sockets, the forwarder, the zone and the
+//!    handler: everything that needs no sled tree.
+//! 3. **run** — the lifecycle driver's ([`securely_core::lifecycle`]) phases, over
+//!    dnsd's tenant ([`tenure`]: the record store's tree and `DnsAdmin`) and data plane
+//!    ([`dns_server`]: DNS, started once the records are loaded): the turn, the tree, the
+//!    hand-over (on `RELEASE` gRPC stops and the tree closes while DNS goes on answering
+//!    from the in-memory records; on `RESUME` the tree reopens, the records reload and
+//!    gRPC serves again) and the stop (graceful: drain DNS: stop reading and accepting
+//!    first, so that the instance that took over the shared sockets gets everything from
+//!    then on, then answer every question already taken and close the TCP connections
+//!    cleanly, within the grace period; then gRPC and the tree. Fast: at once).
+//! 4. **close the record store** if an abandoned opening attached it after all, exit.
 
 #![forbid(unsafe_code)]
 
 mod admin;
-mod control_plane;
 mod dns_server;
 mod forward;
 mod handler;
@@ -45,8 +35,7 @@ mod record_spec;
 mod records;
 mod reply;
 mod reply_size;
-mod serve_tcp;
-mod serve_udp;
+mod tenure;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,17 +43,16 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use securely_core::daemon::Daemon;
-use securely_core::shutdown::ShutdownKind;
-use tokio::time::Instant;
+use securely_core::lifecycle;
 
-use crate::control_plane::{ControlPlane, Summary};
-use crate::dns_server::DnsServer;
+use crate::dns_server::DnsPlane;
 use crate::forward::Forwarder;
 use crate::handler::{DnsHandler, FORWARD_SLOTS};
 use crate::listeners::DnsSockets;
 use crate::local_zone::LocalZone;
 use crate::record_spec::ZoneNames;
 use crate::records::RecordStore;
+use crate::tenure::{RecordTenant, Summary};
 
 /// The daemon's name (socket `dnsd.sock`, tree `<data_dir>/dnsd`).
 const NAME: &str = "dnsd";
@@ -88,7 +76,7 @@ fn fail(error: anyhow::Error) -> ExitCode {
 }
 
 /// Everything after start-up: the serving runtime, then closing the record store.
-fn run(daemon: Daemon) -> anyhow::Result<()> {
+fn run(mut daemon: Daemon) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dnsd")
@@ -96,33 +84,23 @@ fn run(daemon: Daemon) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let names = ZoneNames::new(&daemon.settings.dns.tld);
     let store = Arc::new(RecordStore::detached(&names));
-    let served = runtime.block_on(serve(daemon, store.clone(), names));
+    let served = runtime.block_on(serve(&mut daemon, store.clone(), names));
     runtime.shutdown_timeout(RUNTIME_STOP_TIMEOUT);
 
-    // Phase: close the record store. Detaching waits for a write still running on a
-    // blocking thread (the runtime does not wait for those, and a fast stop does not
-    // wait for the admin call), and closes the tree even though that thread still holds
-    // the store.
+    // Phase: close the record store. The driver closed it unless an opening abandoned for
+    // a shutdown request attached it after all; detaching waits for a write still running
+    // on a blocking thread and closes the tree even though that thread holds the store.
     let closed = store.detach().context("closing the record store");
-    if served.is_ok() && closed.is_ok() {
-        tracing::info!("stopped");
-    }
     served.and(closed)
 }
 
-/// Prepares, waits for the tree, serves DNS and gRPC through hand-over commands, then
-/// stops them the way the shutdown request asks.
+/// Prepares the data plane and the tenant, then lets the lifecycle driver run them.
 async fn serve(
-    mut daemon: Daemon,
+    daemon: &mut Daemon,
     store: Arc<RecordStore>,
     names: ZoneNames,
 ) -> anyhow::Result<()> {
-    // Phase: prepare (signals are watched from here on).
-    daemon
-        .shutdown
-        .watch_signals()
-        .context("watching signals")?;
-    let sockets = DnsSockets::take(&mut daemon)?;
+    let sockets = DnsSockets::take(daemon)?;
     let settings = &daemon.settings;
     let forwarder = Forwarder::new(&settings.dns.upstreams)?;
     let forwarding = match forwarder.upstreams() {
@@ -143,52 +121,15 @@ async fn serve(
         forwarding,
     };
     let handler = DnsHandler::new(zone, forwarder, settings.dns.ttl, FORWARD_SLOTS);
-
-    // Phase: await turn.
-    if !daemon.await_turn().await {
-        tracing::info!("asked to stop before serving");
-        return Ok(());
-    }
-
-    // Phase: open the record store.
-    if !control_plane::attach(&daemon, &store).await? {
-        return Ok(());
-    }
-
-    // Phase: serve (DNS, gRPC, ready). The gRPC socket is taken only now: standalone,
-    // binding it fails while another instance runs, which must first let go of the tree.
-    let mut dns = DnsServer::start(sockets, handler)?;
-    let grpc_listener = daemon.grpc_listener()?;
-    let mut plane = ControlPlane::new(store, names, grpc_listener, summary);
-    plane.serve(&daemon)?;
-
-    // Phase: run.
-    let kind = loop {
-        let command = tokio::select! {
-            kind = daemon.shutdown.wait() => break kind,
-            ended = plane.ended() => return Err(anyhow!("gRPC server stopped: {ended}")),
-            failed = dns.failed() => return Err(anyhow!("DNS server stopped: {failed}")),
-            command = daemon.next_command() => command,
-        };
-        if let Err(error) = plane.obey(&daemon, command).await {
-            tracing::error!("{command:?} failed: {error:#}");
-            return Err(error);
-        }
+    let mut plane = DnsPlane::new(sockets, handler);
+    let mut tenant = RecordTenant {
+        store,
+        names,
+        tree: daemon.tree_path(),
+        default_ttl: settings.dns.ttl,
+        access: daemon.access.clone(),
+        summary,
     };
-
-    // Phase: stop.
-    daemon.stopping();
-    match kind {
-        ShutdownKind::Graceful => {
-            let deadline = Instant::now() + daemon.settings.grace_period();
-            dns.drain(deadline, daemon.shutdown.wait_fast()).await;
-            plane.stop(&daemon, deadline).await;
-        }
-        ShutdownKind::Fast => {
-            tracing::info!("stopping now");
-            drop(dns);
-            plane.abort();
-        }
-    }
+    lifecycle::run(daemon, &mut tenant, &mut plane).await?;
     Ok(())
 }

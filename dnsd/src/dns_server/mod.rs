@@ -1,5 +1,6 @@
-//! The DNS data plane: one serving loop per socket ([`crate::serve_udp`],
-//! [`crate::serve_tcp`]), all answering through one [`DnsHandler`], and their stop.
+//! The DNS data plane ([`DnsPlane`], dnsd's part in the lifecycle driver): one serving
+//! loop per socket ([`udp`], [`tcp`]), all answering through one [`DnsHandler`], and
+//! their stop.
 //!
 //! A graceful stop ([`DnsServer::drain`]) is lossless for everything dnsd has taken:
 //! 1. every loop stops taking new work at once: no more datagrams read, no more
@@ -7,40 +8,86 @@
 //!    same sockets), or the socket's buffer and backlog, has them;
 //! 2. the work already taken finishes: forwarded UDP questions get their answer; every
 //!    question read on a TCP connection is answered, then the connection closes cleanly
-//!    at a message boundary (see [`crate::serve_tcp`]);
+//!    at a message boundary (see [`tcp`]);
 //! 3. bounded by the grace period, and cut short by a fast stop: whatever is left is
 //!    dropped with the server.
 //!
 //! Hickory's own `Server` is not used for this: told to stop, it aborts the requests in
 //! progress and drops replies still queued, and it cannot stop reading without stopping.
 
+mod stop;
+mod tcp;
+mod udp;
+
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
 
 use securely_core::drain::InFlight;
+use securely_core::shutdown::ShutdownKind;
+use securely_core::tenure::{Answering, BoxError, DataPlane};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use self::stop::StopSignal;
 use crate::handler::DnsHandler;
 use crate::listeners::{DnsSockets, ListenError};
-use crate::{serve_tcp, serve_udp};
 
-/// Tells the serving loops to stop taking new work.
-#[derive(Debug, Clone)]
-pub struct StopSignal(watch::Receiver<bool>);
+/// dnsd's data plane: the DNS sockets and their handler until the driver starts it, then
+/// the running [`DnsServer`].
+pub struct DnsPlane {
+    listeners: Vec<String>,
+    prepared: Option<(DnsSockets, DnsHandler)>,
+    running: Option<DnsServer>,
+}
 
-impl StopSignal {
-    /// A signal and the switch that raises it.
-    pub fn new() -> (watch::Sender<bool>, Self) {
-        let (switch, signal) = watch::channel(false);
-        (switch, Self(signal))
+impl DnsPlane {
+    /// A data plane that will serve `sockets` with `handler`.
+    pub fn new(sockets: DnsSockets, handler: DnsHandler) -> Self {
+        Self {
+            listeners: sockets.describe(),
+            prepared: Some((sockets, handler)),
+            running: None,
+        }
+    }
+}
+
+impl DataPlane for DnsPlane {
+    fn listeners(&self) -> Vec<String> {
+        self.listeners.clone()
     }
 
-    /// Resolves once the stop is requested (or its switch is gone).
-    pub async fn requested(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+    fn start(&mut self) -> Result<Answering, BoxError> {
+        if let Some((sockets, handler)) = self.prepared.take() {
+            self.running = Some(DnsServer::start(sockets, handler)?);
+        }
+        Ok(Box::pin(async { Ok(()) }))
+    }
+
+    async fn failed(&mut self) -> BoxError {
+        match self.running.as_mut() {
+            Some(server) => format!("DNS server stopped: {}", server.failed().await).into(),
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn stop(
+        &mut self,
+        kind: ShutdownKind,
+        deadline: Instant,
+        fast: impl Future<Output = ()>,
+    ) {
+        let Some(server) = self.running.take() else {
+            return;
+        };
+        match kind {
+            ShutdownKind::Graceful => server.drain(deadline, fast).await,
+            ShutdownKind::Fast => {
+                tracing::info!("stopping DNS now");
+                drop(server);
+            }
+        }
     }
 }
 
@@ -63,7 +110,7 @@ impl DnsServer {
         let in_flight = InFlight::new();
         let mut loops = JoinSet::new();
         for socket in udp {
-            loops.spawn(serve_udp::serve(
+            loops.spawn(udp::serve(
                 socket,
                 handler.clone(),
                 signal.clone(),
@@ -71,7 +118,7 @@ impl DnsServer {
             ));
         }
         for listener in tcp {
-            loops.spawn(serve_tcp::serve(
+            loops.spawn(tcp::serve(
                 listener,
                 handler.clone(),
                 signal.clone(),

@@ -32,7 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::dns_server::StopSignal;
+use super::stop::StopSignal;
 use crate::handler::{DnsHandler, Handled};
 
 /// How long a connection may take to deliver its next whole message after the previous

@@ -18,7 +18,7 @@ use securely_core::drain::InFlight;
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 
-use crate::dns_server::StopSignal;
+use super::stop::StopSignal;
 use crate::handler::{ADVERTISED_UDP_PAYLOAD, DnsHandler, Handled};
 
 /// The largest datagram read (hickory's receive buffer); the rest of a longer one is
@@ -126,7 +126,7 @@ mod tests {
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
     use super::*;
-    use crate::dns_server::StopSignal;
+    use crate::dns_server::stop::StopSignal;
     use crate::handler::handler_for_tests;
 
     const WAIT: Duration = Duration::from_secs(5);
