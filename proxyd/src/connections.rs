@@ -6,6 +6,13 @@
 //! connection, accepted a moment before the stop, would be closed without an answer, and
 //! the drain, seeing no request in flight, would not even wait for it.
 //!
+//! That abort is also the one place where proxyd closes a kept-alive connection on its
+//! own, and a client that has sent a request on it sees it fail: HTTP/1 cannot tell "I
+//! closed before your request came" from "I lost your request", and a load generator
+//! like wrk never resends (RFC 9112 9.3.1 only allows it). So the abort must hit only
+//! connections whose client has really gone quiet, never one that has just been answered
+//! and is sending its next request.
+//!
 //! [`DrainAwareApp`] wraps pingora's app (the proxy) and keeps [`Connections`]:
 //!
 //! * every connection counts as open from the moment it reaches the app until it ends
@@ -14,27 +21,31 @@
 //! * until its client's first bytes are readable, it also counts as awaiting them; only
 //!   then is it handed to pingora, whose read of the request header prefers bytes already
 //!   there over the abort, even during shutdown;
-//! * `cleanup` waits until no connection awaits its first bytes; then, for at most
-//!   [`KEEPALIVE_CLOSE_WINDOW`], until every connection has ended: a kept-alive client
-//!   that sends its next request meanwhile gets it answered with `Connection: close`
-//!   (pingora turns keep-alive off once the stop switch is on) instead of seeing its
-//!   connection closed under it (HAProxy's `idle-close-on-response`). Then pingora aborts
-//!   its waiting sessions: kept-alive connections still idle, which clients are prepared
-//!   to see closed (RFC 9112 9.3.1);
+//! * once the stop switch is on, every response is written with `Connection: close` (see
+//!   [`crate::proxy`]), and a request read after it is answered so too (pingora turns
+//!   keep-alive off): a connection that was busy at the stop ends after its response,
+//!   however slow the backend;
+//! * `cleanup` waits until no connection awaits its first bytes, then until no request
+//!   is in flight: a request read before the stop whose response header went out before
+//!   it (a long download) still ends with its connection kept alive. From then on no
+//!   response can leave a connection waiting for another request, and every kept-alive
+//!   connection gets [`KEEPALIVE_CLOSE_WINDOW`] more to bring one (answered, then closed:
+//!   HAProxy's `idle-close-on-response`). Only then does pingora abort its waiting
+//!   sessions: connections that have been quiet for the whole window;
 //! * once pingora's service has returned (accept loops ended, cleanup done),
-//!   [`Connections::drained`] resolves when the last connection ends. pingora disables
-//!   keep-alive once proxyd's stop switch is on, so busy connections end after their
-//!   current request.
+//!   [`Connections::drained`] resolves when the last connection ends.
 //!
 //! A client that connects and stays silent keeps its connection, and so the drain,
-//! waiting: the drain is bounded by the grace period (and cut short by a fast stop), and
-//! while serving such a connection is dropped after [`FIRST_BYTES_TIMEOUT`].
+//! waiting, and so does a request that never ends (a stream): the drain is bounded by the
+//! grace period (and cut short by a fast stop), and while serving such a connection is
+//! dropped after [`FIRST_BYTES_TIMEOUT`].
 //!
 //! Limits: a connection is counted once its task, spawned by pingora's accept loop, first
-//! runs (`cleanup` yields once to let the last ones run); and a request header whose
-//! first bytes came before pingora's abort but whose rest had not arrived yet is still
-//! cut off by it. Clients send a request header in one piece, so neither is seen in
-//! practice.
+//! runs (`cleanup` yields once to let the last ones run); a request header whose first
+//! bytes came before pingora's abort but whose rest had not arrived yet is still cut off
+//! by it (clients send a request header in one piece, so neither is seen in practice);
+//! and a client that sends its next request exactly as the window ends, after a whole
+//! window of silence, races the abort, as with any server that closes idle connections.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,8 +60,8 @@ use tokio::sync::watch;
 /// for the first request on a connection (its default keep-alive timeout).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// During a drain, how long kept-alive connections get to bring one more request
-/// (answered, then closed) before the idle ones are closed.
+/// During a drain, once no request is in flight, how long kept-alive connections get to
+/// bring one more request (answered, then closed) before the idle ones are closed.
 pub const KEEPALIVE_CLOSE_WINDOW: Duration = Duration::from_secs(1);
 
 /// The proxy's client connections, shared by the app and the control plane.
@@ -114,19 +125,34 @@ impl Drop for ServiceEnd {
 }
 
 /// pingora's app `A`, counting its connections in [`Connections`] and holding pingora's
-/// cleanup back until every new connection has had its first bytes.
+/// cleanup back until every new connection has had its first bytes, no request is in
+/// flight, and kept-alive connections have had their window.
 pub struct DrainAwareApp<A> {
     inner: Arc<A>,
     connections: Arc<Connections>,
+    requests: Arc<InFlight>,
 }
 
 impl<A> DrainAwareApp<A> {
-    /// `inner`, counting its connections in `connections`.
-    pub fn new(inner: A, connections: Arc<Connections>) -> Self {
+    /// `inner`, counting its connections in `connections`; `requests` counts the
+    /// requests `inner` serves (from their header to the end of their response).
+    pub fn new(inner: A, connections: Arc<Connections>, requests: Arc<InFlight>) -> Self {
         Self {
             inner: Arc::new(inner),
             connections,
+            requests,
         }
+    }
+
+    /// Resolves when pingora may abort the sessions waiting for a request: see the
+    /// module's documentation.
+    async fn quiet(&self) {
+        // A connection accepted just before the accept loops ended may not have reached
+        // `process_new` yet: let it run first.
+        tokio::task::yield_now().await;
+        self.connections.awaiting_first_bytes.idle().await;
+        self.requests.idle().await;
+        let _ = tokio::time::timeout(KEEPALIVE_CLOSE_WINDOW, self.connections.open.idle()).await;
     }
 }
 
@@ -163,11 +189,7 @@ where
     }
 
     async fn cleanup(&self) {
-        // A connection accepted just before the accept loops ended may not have reached
-        // `process_new` yet: let it run first.
-        tokio::task::yield_now().await;
-        self.connections.awaiting_first_bytes.idle().await;
-        let _ = tokio::time::timeout(KEEPALIVE_CLOSE_WINDOW, self.connections.open.idle()).await;
+        self.quiet().await;
         self.inner.cleanup().await;
     }
 }

@@ -5,13 +5,15 @@
 //!
 //! 1. stops accepting by flipping its own stop switch, which the proxy service watches
 //!    instead of pingora's (see [`crate::service`]): the accept loops end and close the
-//!    listening sockets, keep-alive connections end after their current request;
+//!    listening sockets; every response from then on closes its connection, so a
+//!    connection busy at the stop ends after its current response, however slow;
 //! 2. waits until every client connection has ended ([`Connections::drained`]), bounded
 //!    by the grace period and cut short by a fast stop. Connections, not requests: one
 //!    accepted just before the stop may not have sent its request yet. pingora's service
 //!    returns first, after its cleanup, which waits until every new connection has sent
-//!    its first bytes and then drops the kept-alive ones idle between two requests (see
-//!    [`crate::connections`]); busy ones close after their current request;
+//!    its first bytes and no request is in flight, gives kept-alive connections
+//!    `KEEPALIVE_CLOSE_WINDOW` to bring one more request, then drops those still idle
+//!    (see [`crate::connections`]);
 //! 3. only then releases pingora's main loop ([`PingoraRelease`]), whose own grace period
 //!    is zero (see [`crate::conf`]), so its runtimes are dropped at once.
 //!

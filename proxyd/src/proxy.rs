@@ -12,8 +12,14 @@
 //!   retry while some remain).
 //! * `upstream_request_filter`: the forwarding headers (see [`crate::forwarding`]); the
 //!   Host header is left as the client sent it.
+//! * `response_filter` (and proxyd's own pages): once proxyd's stop switch is on, the
+//!   response carries `Connection: close` and its connection ends after it, however long
+//!   the backend took: a request read before the stop must not leave its connection
+//!   waiting for another request that a drain would then cut (see
+//!   [`crate::connections`]).
 //! * `fail_to_proxy`: 502 naming the site when its backend cannot be reached, 504 when it
-//!   goes silent for [`UPSTREAM_READ_TIMEOUT`].
+//!   goes silent for [`UPSTREAM_READ_TIMEOUT`]; the connection is not reused after these,
+//!   and the page says so (`Connection: close`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +31,7 @@ use pingora::ErrorType::{
 };
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource};
 use securely_core::drain::{InFlight, InFlightGuard};
@@ -47,6 +54,8 @@ pub struct SiteProxy {
     routes: Arc<Routes>,
     in_flight: Arc<InFlight>,
     resolver: Resolver,
+    /// proxyd's stop switch: once on, every response closes its connection.
+    stopping: ShutdownWatch,
 }
 
 impl SiteProxy {
@@ -56,7 +65,34 @@ impl SiteProxy {
             routes,
             in_flight,
             resolver: Resolver::default(),
+            // A switch nobody can flip, until `closing_once` gives the real one.
+            stopping: tokio::sync::watch::channel(false).1,
         }
+    }
+
+    /// The same proxy, answering every response with `Connection: close` once `stop`
+    /// turns true.
+    pub fn closing_once(mut self, stop: ShutdownWatch) -> Self {
+        self.stopping = stop;
+        self
+    }
+
+    /// The requests in flight, counted from their header to the end of their response.
+    pub fn requests(&self) -> Arc<InFlight> {
+        self.in_flight.clone()
+    }
+
+    /// Turns keep-alive off for the response about to be written when proxyd is stopping.
+    fn close_if_stopping(&self, session: &mut Session) {
+        if *self.stopping.borrow() {
+            session.set_keepalive(None);
+        }
+    }
+
+    /// Sends one of proxyd's own pages as the whole response.
+    async fn respond(&self, session: &mut Session, page: &Page) -> pingora::Result<()> {
+        self.close_if_stopping(session);
+        write_page(session, page).await
     }
 }
 
@@ -98,12 +134,13 @@ impl ProxyHttp for SiteProxy {
         let raw = match client_host(session.req_header()) {
             Ok(raw) => raw,
             Err(problem) => {
-                respond(session, &pages::missing_host(problem)).await?;
+                self.respond(session, &pages::missing_host(problem)).await?;
                 return Ok(true);
             }
         };
         let Some(host) = normalize_host(&raw) else {
-            respond(session, &pages::missing_host("The Host header is empty.")).await?;
+            let page = pages::missing_host("The Host header is empty.");
+            self.respond(session, &page).await?;
             return Ok(true);
         };
         let route = self.routes.route(&host);
@@ -112,7 +149,7 @@ impl ProxyHttp for SiteProxy {
             let target = route.as_deref().map(|r| r.target.to_string());
             let site = route.as_deref().map(|r| r.site.as_str());
             let page = pages::loop_detected(&host, site.zip(target.as_deref()));
-            respond(session, &page).await?;
+            self.respond(session, &page).await?;
             return Ok(true);
         }
         match route {
@@ -123,7 +160,7 @@ impl ProxyHttp for SiteProxy {
             }
             None => {
                 tracing::debug!(%host, "no site for host");
-                respond(session, &pages::unknown_host(&host)).await?;
+                self.respond(session, &pages::unknown_host(&host)).await?;
                 Ok(true)
             }
         }
@@ -188,6 +225,16 @@ impl ProxyHttp for SiteProxy {
         forwarding::add_forwarding_headers(upstream_request, client_ip, &ctx.client_host)
     }
 
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.close_if_stopping(session);
+        Ok(())
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -195,6 +242,8 @@ impl ProxyHttp for SiteProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = status_for(e);
+        // The connection is not reused after a failure (below): the page says so.
+        session.set_keepalive(None);
         if code > 0 && session.response_written().is_none() {
             let page = match (&ctx.route, code) {
                 (Some(route), 502) => pages::backend_unreachable(
@@ -211,7 +260,7 @@ impl ProxyHttp for SiteProxy {
                 ),
                 _ => pages::failure(code),
             };
-            if let Err(write_error) = respond(session, &page).await {
+            if let Err(write_error) = write_page(session, &page).await {
                 tracing::debug!("cannot send the {code} page: {write_error}");
             }
         }
@@ -295,8 +344,8 @@ fn status_for(e: &Error) -> u16 {
     }
 }
 
-/// Sends one of proxyd's own pages as the whole response.
-async fn respond(session: &mut Session, page: &Page) -> pingora::Result<()> {
+/// Writes one of proxyd's own pages as the whole response.
+async fn write_page(session: &mut Session, page: &Page) -> pingora::Result<()> {
     let mut response = ResponseHeader::build(page.status, Some(3))?;
     response.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
     response.insert_header(header::CONTENT_LENGTH, page.body.len().to_string())?;

@@ -9,7 +9,9 @@
 //!
 //! The app it runs is pingora's HTTP proxy inside a [`DrainAwareApp`], which counts the
 //! connections and holds pingora's cleanup back until every new connection has had its
-//! first bytes (see [`crate::connections`]).
+//! first bytes and the kept-alive ones have had their last chance to send a request (see
+//! [`crate::connections`]). The proxy itself closes every connection after its response
+//! once the stop switch is on.
 
 use std::sync::Arc;
 
@@ -66,7 +68,9 @@ impl ProxyService {
         connections: Arc<Connections>,
         failure: oneshot::Sender<ServiceError>,
     ) -> Self {
-        let app = DrainAwareApp::new(http_proxy(conf, proxy), connections.clone());
+        let proxy = proxy.closing_once(stop.clone());
+        let requests = proxy.requests();
+        let app = DrainAwareApp::new(http_proxy(conf, proxy), connections.clone(), requests);
         let mut inner = Service::new(SERVICE_NAME.to_string(), app);
         for listener in &listeners {
             inner.add_tcp(&listener.key());
@@ -142,7 +146,9 @@ mod tests {
     use tokio::task::JoinHandle;
 
     use super::*;
-    use crate::routing::Routes;
+    use crate::connections::KEEPALIVE_CLOSE_WINDOW;
+    use crate::routing::{Routes, RoutingTable};
+    use crate::sites::Site;
 
     /// Long enough for anything these tests wait for to happen.
     const PATIENCE: Duration = Duration::from_secs(5);
@@ -150,16 +156,24 @@ mod tests {
     const A_WHILE: Duration = Duration::from_millis(200);
     /// A request for a host no site serves: proxyd answers it 404 itself.
     const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n";
+    /// A request for the site `app`, which [`held_backend`] serves.
+    const APP_REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n";
+    /// What [`held_backend`] answers, as an HTTP/1.0 server whose body ends when it closes
+    /// (proxyd passes it on chunked, a piece as it comes).
+    const HELD_RESPONSE: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nheld";
+    /// The end of a chunked body.
+    const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
     fn service(
         listener: HttpListener,
+        routes: Arc<Routes>,
         stop: ShutdownWatch,
         connections: Arc<Connections>,
         failure: oneshot::Sender<ServiceError>,
     ) -> ProxyService {
         ProxyService::new(
             &Arc::new(ServerConf::default()),
-            SiteProxy::new(Arc::new(Routes::default()), InFlight::new()),
+            SiteProxy::new(routes, InFlight::new()),
             vec![listener],
             stop,
             connections,
@@ -177,12 +191,16 @@ mod tests {
 
     impl Running {
         async fn start() -> Self {
+            Self::start_routing(Arc::new(Routes::default())).await
+        }
+
+        async fn start_routing(routes: Arc<Routes>) -> Self {
             let listener = HttpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
             let addr = listener.addr();
             let connections = Connections::new();
             let (stop, stopping) = watch::channel(false);
             let (failure, _) = oneshot::channel();
-            let mut service = service(listener, stopping, connections.clone(), failure);
+            let mut service = service(listener, routes, stopping, connections.clone(), failure);
             let table: ListenFds = Arc::new(Fds::new().into());
             let task = tokio::spawn(async move {
                 let (ready, _) = watch::channel(false);
@@ -241,23 +259,35 @@ mod tests {
     /// Reads one response (its head and its Content-Length body) and returns its head.
     async fn response(stream: &mut TcpStream) -> String {
         let mut received = Vec::new();
+        read_until(stream, &mut received, |r| head_and_body(r).is_some()).await;
+        head_and_body(&received).unwrap().0
+    }
+
+    /// The head of the response in `received`, and how much of its body has arrived,
+    /// once the head is complete.
+    fn head_and_body(received: &[u8]) -> Option<(String, usize)> {
+        let end = received.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&received[..end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        (received.len() >= end + 4 + length).then_some((head, length))
+    }
+
+    /// Reads from `stream` into `received` until `done(received)`.
+    async fn read_until(
+        stream: &mut TcpStream,
+        received: &mut Vec<u8>,
+        done: impl Fn(&[u8]) -> bool,
+    ) {
         let mut chunk = [0u8; 4096];
         let read = async {
-            loop {
-                if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&received[..end]).into_owned();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|line| {
-                            let (name, value) = line.split_once(':')?;
-                            name.eq_ignore_ascii_case("content-length")
-                                .then(|| value.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    if received.len() >= end + 4 + length {
-                        return head;
-                    }
-                }
+            while !done(received) {
                 let n = stream.read(&mut chunk).await.expect("a response");
                 assert!(n > 0, "closed before the response completed");
                 received.extend_from_slice(&chunk[..n]);
@@ -266,6 +296,37 @@ mod tests {
         tokio::time::timeout(PATIENCE, read)
             .await
             .expect("the response comes")
+    }
+
+    /// A backend serving one request, HTTP/1.0 style (one connection per request): once
+    /// the request has come, it sends the first `at_once` bytes of [`HELD_RESPONSE`] and
+    /// says so on the second half; it sends the rest, then closes, when the first half
+    /// fires. The routes send `app.test` to it.
+    async fn held_backend(
+        at_once: usize,
+    ) -> (Arc<Routes>, oneshot::Sender<()>, oneshot::Receiver<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release, released) = oneshot::channel::<()>();
+        let (requested, on_request) = oneshot::channel();
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the proxy closed before its request was complete");
+                received.extend_from_slice(&chunk[..n]);
+            }
+            conn.write_all(&HELD_RESPONSE[..at_once]).await.unwrap();
+            let _ = requested.send(());
+            let _ = released.await;
+            conn.write_all(&HELD_RESPONSE[at_once..]).await.unwrap();
+        });
+        let site = Site::new("app", &addr.to_string(), &[], "test").unwrap();
+        let routes = Arc::new(Routes::default());
+        routes.publish(RoutingTable::build([&site], "test"));
+        (routes, release, on_request)
     }
 
     /// Whether the server closes `stream` within `limit` (nothing more is sent on it).
@@ -319,6 +380,60 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_response_written_after_the_stop_closes_its_connection_however_late() {
+        let (routes, release, requested) = held_backend(0).await;
+        let proxy = Running::start_routing(routes).await;
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        client.write_all(APP_REQUEST).await.unwrap();
+        requested.await.expect("the request reaches the backend");
+
+        proxy.stop_accepting().await;
+        tokio::time::sleep(KEEPALIVE_CLOSE_WINDOW + A_WHILE).await;
+        release.send(()).unwrap();
+        let mut received = Vec::new();
+        read_until(&mut client, &mut received, |r| r.ends_with(LAST_CHUNK)).await;
+        let head = String::from_utf8_lossy(&received).to_ascii_lowercase();
+        assert!(head.contains(" 200 "), "{head}");
+        assert!(
+            head.contains("connection: close"),
+            "the client is told not to send another request: {head}"
+        );
+        assert!(closed_within(&mut client, PATIENCE).await);
+        assert!(proxy.drained_within(PATIENCE).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_alive_response_ending_late_still_gets_its_next_request_answered() {
+        // The head (keep-alive) and half the body leave before the stop.
+        let (routes, release, requested) = held_backend(HELD_RESPONSE.len() - 2).await;
+        let proxy = Running::start_routing(routes).await;
+        let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+        client.write_all(APP_REQUEST).await.unwrap();
+        requested.await.expect("the request reaches the backend");
+        let mut received = Vec::new();
+        read_until(&mut client, &mut received, |r| r.ends_with(b"he\r\n")).await;
+        let head = String::from_utf8_lossy(&received).to_ascii_lowercase();
+        assert!(head.contains("connection: keep-alive"), "{head}");
+
+        // The rest comes after the window given to kept-alive connections.
+        proxy.stop_accepting().await;
+        tokio::time::sleep(KEEPALIVE_CLOSE_WINDOW + A_WHILE).await;
+        release.send(()).unwrap();
+        read_until(&mut client, &mut received, |r| r.ends_with(LAST_CHUNK)).await;
+
+        // Its client sends the next request at once: answered, and then closed.
+        client.write_all(REQUEST).await.unwrap();
+        let head = response(&mut client).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        assert!(closed_within(&mut client, PATIENCE).await);
+        assert!(proxy.drained_within(PATIENCE).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_client_holds_the_drain_until_it_goes() {
         let proxy = Running::start().await;
         let silent = TcpStream::connect(proxy.addr).await.unwrap();
@@ -336,7 +451,8 @@ mod tests {
         let (failure, failed) = oneshot::channel();
         let (_stop, stopping) = watch::channel(false);
         let connections = Connections::new();
-        let mut service = service(listener, stopping, connections.clone(), failure);
+        let routes = Arc::new(Routes::default());
+        let mut service = service(listener, routes, stopping, connections.clone(), failure);
         let (ready, _) = watch::channel(false);
         let started = tokio::time::timeout(
             PATIENCE,

@@ -237,6 +237,8 @@ async fn a_site_whose_backend_is_down_gets_a_502_naming_it() {
     );
     assert!(response.body.contains(&down));
     assert!(response.body.contains("refused"), "{}", response.body);
+    // proxyd does not reuse the connection after a failed forward, and says so.
+    assert_eq!(response.headers["connection"], "close");
 
     // Once the app is up, the same site answers.
     let backend = Backend::start().await;

@@ -5,8 +5,10 @@
 //! to it as a user's tools would: `securelyctl`, HTTP, DNS packets, gRPC. The binaries come
 //! from the workspace's target dir, so build them first: `cargo build --workspace`.
 
+pub mod devserver;
 pub mod dns;
 pub mod http;
+pub mod keepalive;
 pub mod load;
 
 use std::collections::BTreeSet;
