@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{Home, QUEUE_YAML, Queued};
@@ -24,8 +24,8 @@ fn home() -> (Home, PathBuf) {
     (home, fault)
 }
 
-async fn start(home: &Home, fault: &PathBuf) -> Queued {
-    Queued::start_with_env(home, &[(SYNC_FAULT_ENV, fault.as_path())]).await
+async fn start(home: &Home, fault: &Path) -> Queued {
+    Queued::start_with_env(home, &[(SYNC_FAULT_ENV, fault)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

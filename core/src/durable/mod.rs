@@ -1,9 +1,10 @@
 //! Commits that survive a power cut, for every daemon's sled tree.
 //!
-//! sled's `flush` alone survives SIGKILL but not a power cut (see [`DurableTree`]'s sync).
-//! A [`DurableTree::commit`] is sled's flush followed by `fdatasync` of the tree's files,
-//! so whatever a daemon answers after it ("acknowledged") is on the disk and survives a
-//! power cut too.
+//! sled's `flush` alone survives SIGKILL but not a power cut: on Linux it writes with
+//! `sync_file_range`, which neither flushes the drive's cache nor the file's metadata. A
+//! [`DurableTree::commit`] is sled's flush followed by `fdatasync` of the tree's files
+//! (its log, and the blob files sled writes for large values), so whatever a daemon
+//! answers after it ("acknowledged") is on the disk and survives a power cut too.
 //!
 //! A failed commit is not retried and not undone: after a failed flush or fsync the kernel
 //! may have dropped the dirty pages or marked them clean, so what is in memory can no
