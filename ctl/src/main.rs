@@ -1,6 +1,8 @@
 //! `securelyctl`: the operator's CLI. It talks gRPC to the supervisor's control socket
 //! and to each daemon's socket beside it.
 
+#![forbid(unsafe_code)]
+
 mod dns;
 mod docs;
 mod doctor;

@@ -37,9 +37,7 @@ pub struct CarriedState {
 impl CarriedState {
     /// The state left by the previous image, if this process is one's exec.
     pub fn take_from_env() -> Option<anyhow::Result<Self>> {
-        let text = std::env::var(STATE_ENV).ok()?;
-        // SAFETY: single-threaded start-up.
-        unsafe { std::env::remove_var(STATE_ENV) };
+        let text = crate::sys::take_env(STATE_ENV)?;
         Some(serde_json::from_str(&text).context("reading the state handed across the exec"))
     }
 }

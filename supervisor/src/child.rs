@@ -1,22 +1,18 @@
-//! One instance of a daemon: exec its binary with exactly its sockets (from fd 3,
-//! announced in `LISTEN_FDS`/`LISTEN_FDNAMES`), its notification socket, and the resolved
-//! settings; nothing else is inherited.
-//!
-//! An instance is followed through a pidfd (exit) and its notification socket (notices
-//! in, hand-over commands out), never through a `Child` handle: both are plain fds, so an
-//! instance survives the supervisor re-executing itself and is adopted again by number.
+//! One instance of a daemon, followed through a pidfd (its exit) and its notification
+//! socket (notices in, hand-over commands out), never through a `Child` handle: both are
+//! plain fds, so an instance survives the supervisor re-executing itself and is adopted
+//! again by number.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::{Path, PathBuf};
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::sync::OnceLock;
 
 use anyhow::Context;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
-use securely_core::listen_fds::{self, FIRST_FD};
-use securely_core::readiness::{Command, NOTIFY_FD_ENV, Notice};
-use securely_core::settings::SETTINGS_ENV;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitOptions};
+use securely_core::readiness::{Command, Notice};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -24,8 +20,10 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
 
 use crate::carried::Exported;
+use crate::sys;
 
-/// A running daemon instance.
+/// A running daemon instance. Dropped while it runs (a failed start, a panic), it is
+/// killed and reaped in the background: dropping never blocks.
 #[derive(Debug)]
 pub struct Instance {
     /// Its pid.
@@ -39,14 +37,12 @@ pub struct Instance {
 }
 
 impl Instance {
-    fn new(pid: u32, channel: StdUnixStream) -> anyhow::Result<Self> {
+    /// Follows `pid`, a child of this process, talking to it over `channel`.
+    pub fn new(pid: u32, channel: StdUnixStream) -> anyhow::Result<Self> {
         let pidfd = pidfd_open(pid).with_context(|| format!("watching pid {pid}"))?;
         channel.set_nonblocking(true)?;
         let (reader, commands) = UnixStream::from_std(channel)?.into_split();
-        // SAFETY: the pidfd is an OwnedFd, open and unchanged for the AsyncFd's life.
-        let pidfd =
-            unsafe { AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) }
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let pidfd = sys::watch_pidfd(pidfd)?;
         Ok(Self {
             pid,
             pidfd,
@@ -59,8 +55,7 @@ impl Instance {
 
     /// Takes back an instance handed across the supervisor's exec.
     pub fn adopt(exported: Exported) -> anyhow::Result<Self> {
-        // SAFETY: the previous image handed this fd to us alone (see `export`).
-        let fd = unsafe { OwnedFd::from_raw_fd(exported.notify_fd) };
+        let fd = sys::take_carried(exported.notify_fd);
         fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
         Self::new(exported.pid, StdUnixStream::from(fd))
     }
@@ -90,8 +85,7 @@ impl Instance {
         let stream = reader.reunite(writer)?.into_std()?;
         let fd: OwnedFd = stream.into();
         fcntl(&fd, FcntlArg::F_SETFD(FdFlag::empty()))?;
-        let notify_fd = fd.as_raw_fd();
-        std::mem::forget(fd);
+        let notify_fd = fd.into_raw_fd();
         self.disarmed = true;
         Ok(Exported {
             pid: self.pid,
@@ -170,179 +164,76 @@ impl Instance {
 
     /// Sends `signal`, unless the instance has been reaped (through the pidfd, so a
     /// recycled pid is never hit).
-    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+    pub fn signal(&self, signal: Signal) {
         if self.exited.get().is_some() {
             return;
         }
-        // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.get_ref().as_raw_fd(),
-                signal as libc::c_int,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
+        // Fails only once the process is gone: nothing to signal then.
+        let _ = rustix::process::pidfd_send_signal(self.pidfd.get_ref(), signal);
     }
 
     /// SIGKILL, then reap.
     pub async fn kill(&self) -> std::io::Result<ExitStatus> {
-        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.signal(Signal::KILL);
         self.wait().await
     }
 }
 
 impl Drop for Instance {
-    /// An instance nobody follows any more (a failed start, a panic) is killed and
-    /// reaped rather than left to drain unsupervised as a zombie-to-be.
+    /// An instance nobody follows any more (a failed start, a panic) is killed rather
+    /// than left to drain unsupervised, and reaped without blocking: at once if it is
+    /// already gone, else by a background task that waits on a copy of its pidfd (as
+    /// tokio reaps an orphaned child), or a thread outside a runtime.
     fn drop(&mut self) {
         if self.disarmed || self.exited.get().is_some() {
             return;
         }
-        self.signal(nix::sys::signal::Signal::SIGKILL);
-        // SAFETY: waitpid on our own child, which SIGKILL ends promptly.
-        unsafe { libc::waitpid(self.pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        self.signal(Signal::KILL);
+        if self.try_reap() {
+            return;
+        }
+        match self.pidfd.get_ref().try_clone() {
+            Ok(pidfd) => reap_in_background(self.pid, pidfd),
+            Err(e) => tracing::warn!(pid = self.pid, "cannot reap the killed instance: {e}"),
+        }
     }
 }
 
+/// Reaps `pid`, already killed, once its `pidfd` says it exited.
+fn reap_in_background(pid: u32, pidfd: OwnedFd) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        std::thread::spawn(move || {
+            let _ = rustix::process::waitpid(pid_of(pid), WaitOptions::empty());
+        });
+        return;
+    };
+    runtime.spawn(async move {
+        if let Ok(pidfd) = sys::watch_pidfd(pidfd) {
+            let _ = pidfd.readable().await;
+        }
+        if let Err(e) = reap(pid) {
+            tracing::debug!(pid, "reaping the killed instance: {e}");
+        }
+    });
+}
+
+fn pid_of(pid: u32) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(pid).ok()?)
+}
+
+/// A pidfd (close-on-exec, as pidfd_open makes every one) for child `pid`.
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(fd)
+    let pid = pid_of(pid).ok_or_else(|| std::io::Error::other(format!("bad pid {pid}")))?;
+    Ok(rustix::process::pidfd_open(pid, PidfdFlags::empty())?)
 }
 
 /// Reaps `pid` if it has exited (this pid only: other children are not touched).
 fn reap(pid: u32) -> std::io::Result<Option<ExitStatus>> {
-    use std::os::unix::process::ExitStatusExt;
-    let mut status = 0;
-    // SAFETY: waitpid on one pid with WNOHANG.
-    let reaped = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
-    match reaped {
-        0 => Ok(None),
-        r if r > 0 => Ok(Some(ExitStatus::from_raw(status))),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
-/// Marks every fd from `first` up close-on-exec, in the child between fork and exec:
-/// even an fd the supervisor itself inherited without close-on-exec never reaches a
-/// daemon. (Marked, not closed: std's pipe that reports a failed exec must stay open
-/// until the exec.)
-fn close_on_exec_from(first: RawFd) {
-    // SAFETY: close_range and fcntl are async-signal-safe; only fds >= first change.
-    unsafe {
-        if libc::syscall(
-            libc::SYS_close_range,
-            first as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) == 0
-        {
-            return;
-        }
-        // Kernels before 5.11: one by one up to the fd limit.
-        let limit = libc::sysconf(libc::_SC_OPEN_MAX);
-        let limit = if limit <= 0 {
-            1024
-        } else {
-            limit.min(1 << 20) as RawFd
-        };
-        for fd in first..limit {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags >= 0 {
-                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-            }
-        }
-    }
-}
-
-/// Where a daemon's binary lives: beside the supervisor's own executable.
-pub fn binary_path(supervisor_exe: &Path, daemon: &str) -> PathBuf {
-    let dir = supervisor_exe.parent().unwrap_or(Path::new("/"));
-    dir.join(securely_core::daemon_binary_name(daemon))
-}
-
-/// Starts `binary` with `sockets` (name, fd) and `settings_yaml`.
-pub fn spawn(
-    binary: &Path,
-    sockets: &[(&'static str, BorrowedFd<'_>)],
-    settings_yaml: &str,
-) -> anyhow::Result<Instance> {
-    use std::os::unix::process::CommandExt;
-    let (ours, theirs) = StdUnixStream::pair().context("creating the notification socket")?;
-    // Every fd the child gets, in order: its sockets, then the notification socket.
-    let count = sockets.len() + 1;
-    let lowest_free = FIRST_FD + count as RawFd;
-    // Duplicate each above the target range (close-on-exec), so that placing them at
-    // 3, 4, ... in the child can never overwrite one not yet placed.
-    let mut staged: Vec<OwnedFd> = Vec::with_capacity(count);
-    for fd in sockets
-        .iter()
-        .map(|(_, fd)| *fd)
-        .chain(std::iter::once(theirs.as_fd()))
-    {
-        let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(lowest_free))
-            .context("duplicating a socket for the child")?;
-        // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
-        staged.push(unsafe { OwnedFd::from_raw_fd(raw) });
-    }
-    let staged_raw: Vec<RawFd> = staged.iter().map(AsRawFd::as_raw_fd).collect();
-    let notify_fd = FIRST_FD + sockets.len() as RawFd;
-
-    let mut command = std::process::Command::new(binary);
-    command
-        .env(SETTINGS_ENV, settings_yaml)
-        .env(NOTIFY_FD_ENV, notify_fd.to_string())
-        .envs(listen_fds::announce(sockets.iter().map(|(name, _)| *name)))
-        .env_remove("LISTEN_PID")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove(crate::carried::STATE_ENV)
-        .stdin(std::process::Stdio::null())
-        // Own process group: a terminal's Ctrl-C reaches the supervisor alone, which
-        // then decides for every child.
-        .process_group(0);
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, close_range,
-    // fcntl, sigprocmask) run.
-    unsafe {
-        command.pre_exec(move || {
-            // The supervisor holds its stop signals blocked on some threads; a daemon
-            // starts with none blocked.
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-            for (i, fd) in staged_raw.iter().enumerate() {
-                if libc::dup2(*fd, FIRST_FD + i as RawFd) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            close_on_exec_from(lowest_free);
-            Ok(())
-        });
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    drop(staged);
-    drop(theirs);
-    // The pidfd (below) waits for and reaps the child; the handle is kept only in case
-    // that cannot be set up.
-    let pid = child.id();
-    match Instance::new(pid, ours) {
-        Ok(instance) => Ok(instance),
-        Err(e) => {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(e)
-        }
-    }
+    let Some(pid) = pid_of(pid) else {
+        return Ok(None);
+    };
+    let reaped = rustix::process::waitpid(Some(pid), WaitOptions::NOHANG)?;
+    Ok(reaped.map(|(_, status)| ExitStatus::from_raw(status.as_raw())))
 }
 
 /// "exited with status 1", "killed by SIGKILL", ...
@@ -358,5 +249,69 @@ pub fn describe_exit(exit: std::io::Result<ExitStatus>) -> String {
             _ => "ended".to_string(),
         },
         Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A child of this process that runs until killed, followed as an [`Instance`].
+    fn sleeper() -> Instance {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("start sleep");
+        let (ours, _theirs) = StdUnixStream::pair().unwrap();
+        // The Instance follows and reaps it from here on; std's handle neither kills nor
+        // waits when dropped.
+        Instance::new(child.id(), ours).expect("follow the child")
+    }
+
+    /// Whether `pid` is still there, zombie or not (a reaped child is not).
+    fn present(pid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
+    }
+
+    #[tokio::test]
+    async fn dropped_on_a_runtime_it_is_killed_and_reaped_in_the_background() {
+        let instance = sleeper();
+        let pid = instance.pid;
+        drop(instance);
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while present(pid) {
+            assert!(Instant::now() < give_up, "pid {pid} was not reaped");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[test]
+    fn dropped_off_a_runtime_it_is_killed_and_reaped_too() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let instance = runtime.block_on(async { sleeper() });
+        let pid = instance.pid;
+        drop(runtime);
+        drop(instance);
+        let give_up = Instant::now() + Duration::from_secs(5);
+        while present(pid) {
+            assert!(Instant::now() < give_up, "pid {pid} was not reaped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test]
+    async fn wait_reports_how_it_ended_and_signals_after_that_hit_nothing() {
+        let instance = sleeper();
+        instance.signal(Signal::TERM);
+        let exit = instance.wait().await;
+        assert_eq!(describe_exit(exit), "killed by SIGTERM");
+        assert!(instance.try_reap());
+        instance.signal(Signal::KILL);
+        assert_eq!(describe_exit(instance.wait().await), "killed by SIGTERM");
     }
 }

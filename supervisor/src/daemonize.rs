@@ -9,7 +9,9 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use anyhow::Context;
-use nix::unistd::{ForkResult, fork, setsid};
+use nix::unistd::{ForkResult, setsid};
+
+use crate::sys;
 
 const READY: &str = "READY";
 
@@ -46,8 +48,8 @@ impl StartupReport {
 pub fn daemonize(error_log: Option<&Path>) -> anyhow::Result<StartupReport> {
     let (read_end, write_end) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating the start-up pipe")?;
-    // SAFETY: no other thread exists yet (called before the runtime starts).
-    match unsafe { fork() }.context("forking into the background")? {
+    // No other thread exists yet: called before the runtime starts.
+    match sys::fork().context("forking into the background")? {
         ForkResult::Parent { .. } => {
             drop(write_end);
             // The waiting parent keeps the default signal actions.
@@ -85,20 +87,12 @@ fn wait_for_report(read_end: OwnedFd) -> i32 {
 /// stdin from /dev/null; stdout and stderr to `error_log`, or /dev/null, unless systemd
 /// collects them for the journal.
 fn redirect_stdio(error_log: Option<&Path>) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
         .context("opening /dev/null")?;
-    let dup_onto = |from: &std::fs::File, to: i32| -> anyhow::Result<()> {
-        // SAFETY: dup2 onto the standard fds, which this process owns.
-        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("redirecting stdio");
-        }
-        Ok(())
-    };
-    dup_onto(&null, 0)?;
+    rustix::stdio::dup2_stdin(&null).context("redirecting stdin")?;
     if securely_core::logging::journal_connected() {
         return Ok(());
     }
@@ -110,6 +104,6 @@ fn redirect_stdio(error_log: Option<&Path>) -> anyhow::Result<()> {
             .with_context(|| format!("error_log: opening {}", path.display()))?,
         None => null,
     };
-    dup_onto(&out, 1)?;
-    dup_onto(&out, 2)
+    rustix::stdio::dup2_stdout(&out).context("redirecting stdout")?;
+    rustix::stdio::dup2_stderr(&out).context("redirecting stderr")
 }

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::child::{self, Instance};
+use crate::spawn;
 use crate::spec::SlotSpec;
 use crate::state::SlotStatus;
 use crate::stopping;
@@ -68,7 +69,7 @@ pub async fn run(
 
     // Phase: spawn.
     let fds = spec.sockets.fds();
-    let new = child::spawn(&spec.binary, &fds, &spec.settings_yaml).map_err(|e| {
+    let new = spawn::spawn(&spec.binary, &fds, &spec.settings_yaml).map_err(|e| {
         HandoverError::Failed {
             reason: format!("{e:#}"),
             old_lost: old.is_none(),

@@ -10,6 +10,11 @@
 //! or upgrade, **stop** every daemon, and **clean up** sockets and pid file. After an
 //! upgrade's exec ([`upgrade`]) the new image **resumes** instead: it adopts the sockets
 //! and daemons it was handed, then serves.
+//!
+//! The only unsafe code is in [`sys`] (fork, between fork and exec, fds taken by
+//! number).
+
+#![deny(unsafe_code)]
 
 mod backoff;
 mod carried;
@@ -27,10 +32,12 @@ mod serving;
 mod signals;
 mod slot;
 mod sockets;
+mod spawn;
 mod spec;
 mod stack;
 mod state;
 mod stopping;
+mod sys;
 mod trigger;
 mod upgrade;
 
@@ -170,18 +177,18 @@ fn supervise(
 /// Opens /dev/null on any of fds 0-2 that is closed, so that no socket is ever bound
 /// onto a standard fd (and then redirected away by daemonizing).
 fn ensure_stdio() {
-    for fd in 0..3 {
-        // SAFETY: only asks the kernel whether the fd is open.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            // The lowest free fd is the closed one; leaking it is the point.
-            if let Ok(null) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                std::mem::forget(null);
-            }
+    use std::os::fd::{AsRawFd, IntoRawFd};
+    // An open takes the lowest free fd: while that is a standard one, keep it open.
+    while let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        if null.as_raw_fd() > 2 {
+            break;
         }
+        // Left open for the process's life: that is the point.
+        let _ = null.into_raw_fd();
     }
 }
 

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use rustix::process::Signal;
 use securely_core::readiness::Notice;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -437,7 +438,7 @@ impl Supervision {
             pid = instance.pid,
             "draining the replaced instance"
         );
-        instance.signal(nix::sys::signal::Signal::SIGTERM);
+        instance.signal(Signal::TERM);
         self.retire_signalled(instance);
     }
 

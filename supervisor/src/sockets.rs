@@ -4,7 +4,7 @@
 //! generation of each daemon, so connections that arrive while a daemon restarts wait in
 //! the kernel's backlog (datagrams in the socket buffer) instead of being refused.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
@@ -12,6 +12,8 @@ use anyhow::Context;
 use securely_core::bind;
 use securely_core::listen_fds::names;
 use securely_core::settings::Settings;
+
+use crate::sys;
 
 /// One socket handed to a daemon, with its `LISTEN_FDNAMES` name and a URL for status.
 #[derive(Debug)]
@@ -94,7 +96,7 @@ impl CarriedSockets {
     /// Closes the carried sockets (after [`StackSockets::adopt`] duplicated what it needs).
     pub fn close(self) {
         for c in self.sockets {
-            drop(uncarry(c.fd));
+            drop(sys::take_carried(c.fd));
         }
     }
 }
@@ -108,12 +110,6 @@ fn set_close_on_exec(fd: BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
     };
     fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
-}
-
-/// Takes an fd carried across the exec.
-fn uncarry(raw: RawFd) -> OwnedFd {
-    // SAFETY: the previous image left this fd open for us alone.
-    unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
 impl Drop for SocketFiles {
@@ -153,20 +149,26 @@ impl StackSockets {
     /// too, should the exec fail: then [`StackSockets::keep_private`]). The files become
     /// the next image's to remove.
     pub fn carry(&self) -> std::io::Result<CarriedSockets> {
-        let carried = self.describe();
-        for socket in &carried.sockets {
-            // SAFETY: the fds are this struct's, open for as long as it lives.
-            set_close_on_exec(unsafe { BorrowedFd::borrow_raw(socket.fd) }, false)?;
+        for fd in self.fds() {
+            set_close_on_exec(fd, false)?;
         }
-        Ok(carried)
+        Ok(self.describe())
     }
 
     /// Undoes [`StackSockets::carry`]: no process this one starts inherits the sockets.
     pub fn keep_private(&self) {
-        for socket in &self.describe().sockets {
-            // SAFETY: as in `carry`.
-            let _ = set_close_on_exec(unsafe { BorrowedFd::borrow_raw(socket.fd) }, true);
+        for fd in self.fds() {
+            let _ = set_close_on_exec(fd, true);
         }
+    }
+
+    /// Every socket, the control socket first.
+    fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        std::iter::once(self.control.as_fd()).chain(
+            self.daemons
+                .iter()
+                .flat_map(|(_, sockets)| sockets.handed.iter().map(|h| h.fd.as_fd())),
+        )
     }
 
     /// Copies of each daemon's sockets, for the slots (this keeps the originals).
@@ -210,11 +212,8 @@ impl StackSockets {
             else {
                 return Ok(None);
             };
-            // SAFETY: the previous image left this fd open for us; it is only borrowed.
-            let fd = unsafe { BorrowedFd::borrow_raw(c.fd) };
             Ok(Some(
-                fd.try_clone_to_owned()
-                    .context("duplicating a carried socket")?,
+                sys::duplicate_carried(c.fd).context("duplicating a carried socket")?,
             ))
         };
         let mut files = SocketFiles::default();

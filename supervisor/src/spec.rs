@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use securely_core::settings::Settings;
 
-use crate::child;
 use crate::sockets::DaemonSockets;
+use crate::spawn;
 
 /// How to start instances of one daemon.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ impl SlotSpec {
     ) -> Self {
         Self {
             name,
-            binary: child::binary_path(exe, name),
+            binary: spawn::binary_path(exe, name),
             sockets,
             tree: settings.daemon_tree(name).display().to_string(),
             settings_yaml: settings_yaml.clone(),

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use rustix::process::Signal;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 
 use crate::child::{self, Instance};
@@ -23,11 +23,11 @@ pub async fn stop(
 ) -> String {
     let patience = match kind {
         ShutdownKind::Graceful => {
-            instance.signal(Signal::SIGTERM);
+            instance.signal(Signal::TERM);
             grace + GRACE_MARGIN
         }
         ShutdownKind::Fast => {
-            instance.signal(Signal::SIGINT);
+            instance.signal(Signal::INT);
             FAST_STOP_TIMEOUT
         }
     };
@@ -36,7 +36,7 @@ pub async fn stop(
 
 /// Stops `instance` fast (SIGINT, SIGKILL after [`FAST_STOP_TIMEOUT`]) and reaps it.
 pub async fn stop_fast(instance: &Instance) {
-    instance.signal(Signal::SIGINT);
+    instance.signal(Signal::INT);
     if tokio::time::timeout(FAST_STOP_TIMEOUT, instance.wait())
         .await
         .is_err()
@@ -57,7 +57,7 @@ pub async fn drain(instance: &Instance, patience: Duration, shutdown: &Shutdown)
             () = tokio::time::sleep_until(deadline) => break None,
             () = shutdown.wait_fast(), if !hurried => {
                 hurried = true;
-                instance.signal(Signal::SIGINT);
+                instance.signal(Signal::INT);
                 deadline = deadline.min(tokio::time::Instant::now() + FAST_STOP_TIMEOUT);
             }
         }

@@ -157,3 +157,27 @@ fn every_log_line_names_its_process() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn started_with_stdio_closed_no_socket_lands_on_a_standard_fd() {
+    use std::os::unix::process::CommandExt;
+    let mut stack = Stack::prepare(StackConfig::default());
+    let mut command = Command::new(bin("securely"));
+    command.arg("-c").arg(&stack.config);
+    // SAFETY: close is async-signal-safe; the child then starts with 0-2 closed.
+    unsafe {
+        command.pre_exec(|| {
+            for fd in 0..3 {
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
+    stack.supervisor = Some(command.spawn().expect("start securely"));
+    stack.wait_all_ready();
+    let pid = stack.supervisor_pid();
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd}");
+    }
+}

@@ -10,7 +10,7 @@ use anyhow::Context;
 use crate::carried::{CarriedState, STATE_ENV};
 
 /// Phase 3: replaces this process's image with `exe`, same arguments, `state` in the
-/// environment. Only returns on failure. Plain `execv` (not `Command::exec`, which
+/// environment. Only returns on failure. Plain `execve` (not `Command::exec`, which
 /// would unblock the held signals first).
 pub fn exec(exe: &Path, state: &CarriedState) -> anyhow::Error {
     let state = match serde_json::to_string(state) {
@@ -41,15 +41,7 @@ pub fn exec(exe: &Path, state: &CarriedState) -> anyhow::Error {
         Ok(parts) => parts,
         Err(e) => return e,
     };
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
-    envp_ptrs.push(std::ptr::null());
-    // SAFETY: NUL-terminated strings and pointer arrays that outlive the call.
-    unsafe { libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr()) };
-    anyhow::anyhow!(
-        "re-executing {}: {}",
-        exe.display(),
-        std::io::Error::last_os_error()
-    )
+    match nix::unistd::execve(&path, &argv, &envp) {
+        Err(e) => anyhow::anyhow!("re-executing {}: {e}", exe.display()),
+    }
 }

@@ -35,10 +35,10 @@ use securely_core::shutdown::Shutdown;
 pub use resume::{continue_upgrade, resume};
 
 use crate::carried::{CarriedState, ExportedSlot};
-use crate::child;
 use crate::control;
 use crate::serving::Serving;
 use crate::signals;
+use crate::spawn;
 use crate::stack::Stack;
 use crate::trigger::{Refused, UpgradeTrigger};
 
@@ -100,7 +100,7 @@ pub async fn upgrade(
     // Phase 1: check.
     let daemons: Vec<PathBuf> = securely_core::DAEMONS
         .iter()
-        .map(|d| child::binary_path(&serving.exe, d))
+        .map(|d| spawn::binary_path(&serving.exe, d))
         .collect();
     let checked = tokio::select! {
         checked = check::check(&serving.exe, serving.conf.as_deref(), &daemons) => checked.map_err(Refused::from),

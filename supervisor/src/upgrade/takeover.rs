@@ -8,7 +8,7 @@
 //! travel too.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ use crate::serving::Serving;
 use crate::signals;
 use crate::sockets::{CarriedSocket, CarriedSockets, StackSockets};
 use crate::stack::Stack;
+use crate::sys;
 
 /// How long `-u` waits for the running supervisor's SIGQUIT.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(300);
@@ -115,12 +116,8 @@ fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
         let mut fds: Vec<OwnedFd> = Vec::new();
         for cmsg in message.cmsgs()? {
             if let ControlMessageOwned::ScmRights(received) = cmsg {
-                // SAFETY: the kernel just installed these fds in this process.
-                fds.extend(
-                    received
-                        .into_iter()
-                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                );
+                // The kernel just installed these fds in this process.
+                fds.extend(received.into_iter().map(sys::take_carried));
             }
         }
         (message.bytes, fds)
@@ -136,8 +133,7 @@ fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
     }
     // Each socket's `fd` was its index in the message: make it the fd received.
     for (socket, fd) in carried.sockets.iter_mut().zip(fds) {
-        socket.fd = fd.as_raw_fd();
-        std::mem::forget(fd);
+        socket.fd = fd.into_raw_fd();
     }
     Ok((carried, stream))
 }
