@@ -10,7 +10,7 @@
 //!    this upgrade) into [`crate::carried::STATE_ENV`], every fd in it left open across
 //!    the exec;
 //! 3. **exec** ([`exec`]) the supervisor binary in place, with the same arguments;
-//! 4. the new image **resumes** ([`resume`]): it adopts the sockets (binding any new
+//! 4. the new image **resumes** ([`resume()`]): it adopts the sockets (binding any new
 //!    listener the settings ask for, closing any they dropped) and the instances, then
 //!    **hands each daemon over** to its new binary, one at a time (see
 //!    [`crate::handover`]).
