@@ -297,6 +297,29 @@ impl Stack {
             .expect("run securely")
     }
 
+    /// `upgrade_sock` in the runtime dir.
+    pub fn upgrade_socket(&self) -> PathBuf {
+        self.run_dir().join("upgrade.sock")
+    }
+
+    /// Starts `securely -u -d -c <config>` (output piped) and waits until it waits on
+    /// `upgrade_sock` for the running supervisor's sockets.
+    pub fn start_waiting_supervisor(&self) -> Child {
+        let waiting = Command::new(bin("securely"))
+            .args(["-u", "-d", "-c"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start securely -u");
+        let upgrade_sock = self.upgrade_socket();
+        wait_for("-u to wait on upgrade_sock", START_DEADLINE, || {
+            upgrade_sock.exists().then_some(())
+        });
+        waiting
+    }
+
     /// Runs `securelyctl --socket <control> ARGS`.
     pub fn ctl(&self, args: &[&str]) -> Output {
         Command::new(bin("securelyctl"))

@@ -211,20 +211,8 @@ async fn pingoras_upgrade_path_hands_the_sockets_to_a_supervisor_started_with_u(
     let old_supervisor = stack.supervisor_pid();
     let old_daemons = pids(&stack);
     // `securely -u -d` waits on upgrade_sock; SIGQUIT to the running one sends the sockets.
-    let waiting = std::process::Command::new(securely_tests::bin("securely"))
-        .args(["-u", "-d", "-c"])
-        .arg(&stack.config)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let upgrade_sock = stack.run_dir().join("upgrade.sock");
-    wait_for(
-        "-u to wait on upgrade_sock",
-        Duration::from_secs(10),
-        || upgrade_sock.exists().then_some(()),
-    );
+    let waiting = stack.start_waiting_supervisor();
+    let upgrade_sock = stack.upgrade_socket();
     stack.signal_supervisor(Signal::SIGQUIT);
     let out = waiting.wait_with_output().unwrap();
     assert!(

@@ -20,6 +20,7 @@
 
 mod check;
 mod exec;
+mod peer;
 mod resume;
 pub mod takeover;
 

@@ -19,6 +19,7 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 use securely_core::settings::Settings;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 
+use super::peer::Peers;
 use crate::serving::Serving;
 use crate::signals;
 use crate::sockets::{CarriedSocket, CarriedSockets, StackSockets};
@@ -41,7 +42,8 @@ const ACK: &[u8] = b"OK";
 /// ends the wait (nothing is held).
 pub fn take_over(settings: &Settings) -> anyhow::Result<StackSockets> {
     signals::unblock_stop_signals()?;
-    let received = receive(&settings.upgrade_socket());
+    let peers = Peers::new(settings.user.as_deref());
+    let received = receive(&settings.upgrade_socket(), &peers);
     signals::block_stop_signals();
     let (carried, sender) = received?;
     // Acknowledged only once the sockets are ours: until then the running supervisor
@@ -67,7 +69,8 @@ pub async fn hand_to_waiting_supervisor(
         return Ok(false);
     }
     let carried = serving.sockets.describe();
-    let offered = tokio::task::spawn_blocking(move || offer(&path, &carried))
+    let peers = Peers::new(serving.settings.user.as_deref());
+    let offered = tokio::task::spawn_blocking(move || offer(&path, &carried, &peers))
         .await
         .context("sending the sockets")??;
     if !offered {
@@ -88,10 +91,11 @@ pub async fn hand_to_waiting_supervisor(
     Ok(true)
 }
 
-/// New side (`-u`): waits on `path` for the running supervisor to send its sockets.
-/// Returns them with the connection to [`acknowledge`] on once they are in use: until
-/// then the running supervisor serves on.
-fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
+/// New side (`-u`): waits on `path` for the running supervisor to send its sockets (a
+/// connection from a process that is not one of `peers` is refused, and the wait goes
+/// on). Returns them with the connection to [`acknowledge`] on once they are in use:
+/// until then the running supervisor serves on.
+fn receive(path: &Path, peers: &Peers) -> anyhow::Result<(CarriedSockets, UnixStream)> {
     let listener = securely_core::bind::unix(path)
         .with_context(|| format!("upgrade_sock: binding {}", path.display()))?;
     let _cleanup = RemoveOnDrop(path);
@@ -99,7 +103,7 @@ fn receive(path: &Path) -> anyhow::Result<(CarriedSockets, UnixStream)> {
         "securely: waiting on {} for the running supervisor's sockets (send it SIGQUIT)",
         path.display()
     );
-    let stream = accept_within(&listener, TAKEOVER_WAIT)
+    let stream = accept_within(&listener, TAKEOVER_WAIT, peers)
         .with_context(|| format!("upgrade_sock: no sockets arrived on {}", path.display()))?;
     stream.set_read_timeout(Some(EXCHANGE_TIMEOUT))?;
     let mut description = vec![0u8; MAX_DESCRIPTION];
@@ -143,9 +147,10 @@ fn acknowledge(mut sender: UnixStream) -> anyhow::Result<()> {
     std::io::Write::write_all(&mut sender, ACK).context("upgrade_sock: acknowledging")
 }
 
-/// Old side (SIGQUIT): sends `sockets` to a `-u` supervisor waiting on `path`. `Ok(false)`
-/// when none waits there.
-fn offer(path: &Path, sockets: &CarriedSockets) -> anyhow::Result<bool> {
+/// Old side (SIGQUIT): sends `sockets` to a `-u` supervisor waiting on `path`, if it runs
+/// as one of `peers` (else nothing is sent, and the error says why). `Ok(false)` when none
+/// waits there.
+fn offer(path: &Path, sockets: &CarriedSockets, peers: &Peers) -> anyhow::Result<bool> {
     let stream = match UnixStream::connect(path) {
         Ok(stream) => stream,
         Err(e)
@@ -158,6 +163,12 @@ fn offer(path: &Path, sockets: &CarriedSockets) -> anyhow::Result<bool> {
         }
         Err(e) => return Err(e).context(format!("upgrade_sock: connecting to {}", path.display())),
     };
+    peers.check(&stream).with_context(|| {
+        format!(
+            "upgrade_sock: refused the supervisor waiting on {}",
+            path.display()
+        )
+    })?;
     if sockets.sockets.len() > MAX_SOCKETS {
         bail!(
             "upgrade_sock: {} sockets are more than one message carries",
@@ -200,7 +211,13 @@ fn offer(path: &Path, sockets: &CarriedSockets) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn accept_within(listener: &UnixListener, wait: Duration) -> anyhow::Result<UnixStream> {
+/// The first connection on `listener` within `wait` from one of `peers`; others are
+/// refused (closed, with the reason on stderr).
+fn accept_within(
+    listener: &UnixListener,
+    wait: Duration,
+    peers: &Peers,
+) -> anyhow::Result<UnixStream> {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     let give_up = Instant::now() + wait;
@@ -216,6 +233,10 @@ fn accept_within(listener: &UnixListener, wait: Duration) -> anyhow::Result<Unix
             Ok(0) => continue,
             Ok(_) => {
                 let (stream, _) = listener.accept()?;
+                if let Err(refused) = peers.check(&stream) {
+                    eprintln!("securely: upgrade_sock: refused a connection: {refused}");
+                    continue;
+                }
                 stream.set_nonblocking(false)?;
                 return Ok(stream);
             }
