@@ -17,7 +17,7 @@ use crate::readiness::{Command, Notice, Notifier, NotifyFdError};
 use crate::rpc::Access;
 use crate::settings::{LoadError, SETTINGS_ENV, Settings, SettingsError};
 use crate::shutdown::{Shutdown, ShutdownKind};
-use crate::store::{self, StoreError};
+use crate::store::StoreError;
 
 /// Why a daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -176,11 +176,6 @@ impl Daemon {
         self.settings.daemon_tree(self.name)
     }
 
-    /// Opens the daemon's sled tree, waiting for a previous instance to let go of it.
-    pub fn open_tree(&self) -> Result<sled::Db, StartError> {
-        Ok(store::open_tree(&self.tree_path(), store::OPEN_DEADLINE)?)
-    }
-
     /// The `DaemonControl` service for this daemon.
     pub fn control_service(&self, listeners: Vec<String>) -> ControlService {
         let info = DaemonInfo {
@@ -209,23 +204,6 @@ impl Daemon {
                     None => return false,
                 },
                 _ = self.shutdown.wait() => return false,
-            }
-        }
-    }
-
-    /// [`Daemon::await_turn`] for a thread outside any runtime (before signals are
-    /// watched: SIGTERM meanwhile ends the process, which holds nothing yet).
-    pub fn await_turn_blocking(&self) -> bool {
-        if !self.notifier.supervised() {
-            return true;
-        }
-        self.notifier.notify(Notice::Prepared);
-        let mut commands = self.commands.blocking_lock();
-        loop {
-            match commands.blocking_recv() {
-                Some(Command::Acquire) => return true,
-                Some(other) => tracing::warn!(?other, "ignored before ACQUIRE"),
-                None => return false,
             }
         }
     }

@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use securely_core::admin::blocking_call;
 use securely_core::rpc::Access;
 use securely_proto::proxy::proxy_admin_server::{ProxyAdmin, ProxyAdminServer};
 use securely_proto::proxy::{
@@ -48,10 +49,7 @@ impl AdminService {
         store: Arc<SiteStore>,
         op: impl FnOnce(&SiteStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Status> {
-        tokio::task::spawn_blocking(move || op(&store))
-            .await
-            .map_err(|e| Status::internal(format!("site store task failed: {e}")))?
-            .map_err(status)
+        blocking_call(move || op(&store), status).await
     }
 }
 

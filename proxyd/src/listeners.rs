@@ -21,31 +21,28 @@
 //! addresses (getsockname), and the same strings are given to `add_tcp`, so every lookup
 //! hits. pingora wraps the fd in a tokio listener without changing its flags, so each
 //! socket must be `O_NONBLOCK` (a blocking one would stall a worker thread in `accept`
-//! and the proxy would silently never answer): `bind::tcp` binds it so, and an inherited
-//! one is made so here, whatever the parent left.
+//! and the proxy would silently never answer): `bind::tcp` binds it so, and core's
+//! `take_tcp` makes an inherited one so, whatever the parent left.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::IntoRawFd;
 use std::time::Duration;
 
-use nix::sys::socket::{SockType, getsockopt, sockopt};
 use pingora::server::ListenFds;
 use securely_core::daemon::Daemon;
-use securely_core::listen_fds::names;
+use securely_core::listen_fds::{ListenFdsError, names};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why the HTTP listeners could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
     /// An inherited `http` fd is not a listening TCP socket.
-    #[error("inherited socket {fd} (named \"http\") is not a listening TCP socket: {problem}")]
-    NotATcpListener {
-        /// The fd number.
-        fd: i32,
-        /// What is wrong with it.
-        problem: String,
-    },
+    #[error(transparent)]
+    Inherited(#[from] ListenFdsError),
+    /// An inherited socket has no IP address.
+    #[error("inherited socket (named \"http\") has no IP address: {0}")]
+    NoAddress(io::Error),
     /// A socket could not be bound (standalone).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -70,28 +67,10 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    /// Adopts a socket inherited from the supervisor, checking that it is a listening
-    /// TCP socket and making it non-blocking.
-    pub fn inherited(fd: OwnedFd) -> Result<Self, ListenerError> {
-        let raw = fd.as_raw_fd();
-        let wrong = |problem: String| ListenerError::NotATcpListener { fd: raw, problem };
-        match getsockopt(&fd.as_fd(), sockopt::SockType) {
-            Ok(SockType::Stream) => {}
-            Ok(other) => return Err(wrong(format!("socket type {other:?}"))),
-            Err(e) => return Err(wrong(e.to_string())),
-        }
-        match getsockopt(&fd.as_fd(), sockopt::AcceptConn) {
-            Ok(true) => {}
-            Ok(false) => return Err(wrong("not listening".into())),
-            Err(e) => return Err(wrong(e.to_string())),
-        }
-        let listener = TcpListener::from(fd);
-        let addr = listener
-            .local_addr()
-            .map_err(|e| wrong(format!("no IP address: {e}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| wrong(format!("cannot make it non-blocking: {e}")))?;
+    /// Adopts an inherited listening TCP socket (checked and made non-blocking by
+    /// [`securely_core::listen_fds::InheritedFds::take_tcp`]).
+    pub fn inherited(listener: TcpListener) -> Result<Self, ListenerError> {
+        let addr = listener.local_addr().map_err(ListenerError::NoAddress)?;
         Ok(Self { listener, addr })
     }
 
@@ -117,7 +96,7 @@ impl HttpListener {
 /// The HTTP listeners: every inherited `http` socket, or, standalone, one bound for each
 /// address in `proxy.listen`.
 pub fn take(daemon: &mut Daemon) -> Result<Vec<HttpListener>, ListenerError> {
-    let inherited = daemon.fds.take_all(names::HTTP);
+    let inherited = daemon.fds.take_tcp(names::HTTP)?;
     let listeners = if inherited.is_empty() {
         daemon
             .settings
@@ -211,17 +190,11 @@ mod tests {
     }
 
     #[test]
-    fn an_inherited_socket_must_be_a_listening_tcp_socket() {
+    fn an_inherited_socket_is_keyed_by_its_own_address() {
         let bound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = bound.local_addr().unwrap();
-        let listener = HttpListener::inherited(OwnedFd::from(bound)).unwrap();
+        let listener = HttpListener::inherited(bound).unwrap();
         assert_eq!(listener.addr(), addr);
-
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let err = HttpListener::inherited(OwnedFd::from(udp)).unwrap_err();
-        assert!(err.to_string().contains("socket type"), "{err}");
-
-        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert!(HttpListener::inherited(OwnedFd::from(unix)).is_err());
+        assert_eq!(listener.key(), addr.to_string());
     }
 }

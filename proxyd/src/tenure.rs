@@ -1,5 +1,6 @@
 //! proxyd's hold on its sled tree, which a hand-over moves to the next instance of proxyd
-//! (see [`securely_core::readiness`]).
+//! (see [`securely_core::readiness`]); [`crate::tenant`] drives it for the lifecycle
+//! driver.
 //!
 //! The site store sits in a [`StoreSlot`] that the admin service reads on every call, so
 //! no gRPC connection keeps a handle of its own. [`release`] empties the slot, waits for
@@ -33,6 +34,7 @@ pub struct StoreSlot {
 
 impl StoreSlot {
     /// A slot holding `store`.
+    #[cfg(test)]
     pub fn new(store: SiteStore) -> Self {
         Self {
             store: ArcSwapOption::from_pointee(store),
