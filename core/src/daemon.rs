@@ -94,7 +94,7 @@ impl Daemon {
         let args = match DaemonArgs::parse_for(name, std::env::args_os()) {
             Ok(Parsed::Run(args)) => args,
             Ok(Parsed::Info(text)) => {
-                print!("{text}");
+                println!("{}", text.trim_end());
                 std::process::exit(0);
             }
             Err(usage) => return Err(StartError::Usage(usage)),

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use anyhow::Context;
-use clap::{Arg, Command, CommandFactory};
+use clap::CommandFactory;
+use securely_core::cli::DaemonArgs;
 
 // The supervisor's command line, defined once in its package and compiled here too
 // for its man page.
@@ -22,7 +23,7 @@ pub fn man(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut pages = vec![supervisor_cli::Args::command(), crate::Cli::command()];
     for daemon in securely_core::DAEMONS {
-        pages.push(daemon_command(daemon));
+        pages.push(DaemonArgs::command(daemon));
     }
     for command in pages {
         let name = command.get_name().to_string();
@@ -35,31 +36,4 @@ pub fn man(dir: &Path) -> anyhow::Result<()> {
         println!("{}", path.display());
     }
     Ok(())
-}
-
-/// A daemon's command line (parsed by hand in `core::daemon`): `-c FILE`, `-h`, `-V`.
-fn daemon_command(daemon: &str) -> Command {
-    let about = match daemon {
-        "proxyd" => "Securely's HTTP reverse proxy (pingora), run by the securely supervisor",
-        "dnsd" => {
-            "Securely's DNS server for the local TLD (hickory), run by the securely supervisor"
-        }
-        _ => "Securely's durable job queue (sled), run by the securely supervisor",
-    };
-    // clap wants a 'static name; this runs once per page of a short-lived command.
-    let name: &'static str = securely_core::daemon_binary_name(daemon).leak();
-    Command::new(name)
-        .version(env!("CARGO_PKG_VERSION"))
-        .about(about)
-        .long_about(format!(
-            "{about}. The supervisor hands it its sockets and settings; run by hand, it reads \
-             FILE (or the embedded defaults) and binds its own sockets."
-        ))
-        .arg(
-            Arg::new("conf")
-                .short('c')
-                .long("conf")
-                .value_name("FILE")
-                .help("The YAML settings file"),
-        )
 }
