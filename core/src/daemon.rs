@@ -114,7 +114,7 @@ impl Daemon {
             default_filter,
         );
         let fds = InheritedFds::from_env()?;
-        let notifier = Notifier::from_env()?;
+        let notifier = Notifier::from_env(&fds)?;
         Ok(Self::new(name, settings, fds, notifier))
     }
 

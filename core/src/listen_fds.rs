@@ -182,9 +182,14 @@ impl InheritedFds {
         Self { fds }
     }
 
+    /// Whether `fd` is one of these.
+    pub(crate) fn holds(&self, fd: RawFd) -> bool {
+        self.fds.iter().any(|(_, owned)| owned.as_raw_fd() == fd)
+    }
+
     /// Removes and returns every fd with this name, in the order they were handed over,
-    /// unchecked. Prefer the typed `take_*`.
-    pub fn take_all(&mut self, name: &str) -> Vec<OwnedFd> {
+    /// unchecked.
+    fn take_all(&mut self, name: &str) -> Vec<OwnedFd> {
         let (taken, kept) = std::mem::take(&mut self.fds)
             .into_iter()
             .partition(|(n, _)| n == name);

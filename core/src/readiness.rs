@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage};
 
 use crate::inherited;
+use crate::listen_fds::InheritedFds;
 
 /// The variable naming the inherited notification fd.
 pub const NOTIFY_FD_ENV: &str = "SECURELY_NOTIFY_FD";
@@ -42,6 +43,9 @@ pub enum NotifyFdError {
     /// The fd is not open.
     #[error("{NOTIFY_FD_ENV}={0}: fd {0} is not open")]
     NotOpen(RawFd),
+    /// The fd is one of the sockets announced in `LISTEN_FDS`.
+    #[error("{NOTIFY_FD_ENV}={0}: fd {0} is one of the inherited sockets (LISTEN_FDS)")]
+    Inherited(RawFd),
     /// The fd is open but not one end of a Unix stream socket pair.
     #[error("{NOTIFY_FD_ENV}={fd}: fd {fd} is not a Unix stream socket ({found})")]
     WrongSocket {
@@ -130,14 +134,18 @@ impl Command {
     }
 }
 
-/// Takes the fd `value` names, checked to be one end of a Unix stream socket, blocking.
-fn notify_stream(value: &str) -> Result<UnixStream, NotifyFdError> {
+/// Takes the fd `value` names, checked to be one end of a Unix stream socket and none of
+/// `listening`, blocking.
+fn notify_stream(value: &str, listening: &InheritedFds) -> Result<UnixStream, NotifyFdError> {
     let fd: RawFd = value
         .trim()
         .parse()
         .ok()
         .filter(|fd| *fd > 2)
         .ok_or_else(|| NotifyFdError::BadNumber(value.to_string()))?;
+    if listening.holds(fd) {
+        return Err(NotifyFdError::Inherited(fd));
+    }
     let owned: OwnedFd = inherited::claim(fd).ok_or(NotifyFdError::NotOpen(fd))?;
     let wrong = |found: String| NotifyFdError::WrongSocket { fd, found };
     let ty = crate::listen_fds::socket_type(owned.as_fd()).map_err(wrong)?;
@@ -172,10 +180,12 @@ impl Notifier {
     /// Picks up the notification channel from the environment (and clears it, so that
     /// processes we start do not inherit it): the supervisor's socket when
     /// [`NOTIFY_FD_ENV`] names one (checked: an open Unix stream socket), else systemd's
-    /// `NOTIFY_SOCKET`, else nobody. Call during single-threaded start-up.
-    pub fn from_env() -> Result<Self, NotifyFdError> {
+    /// `NOTIFY_SOCKET`, else nobody. `listening` are the sockets this process took from
+    /// `LISTEN_FDS`, which the notification fd must not be. Call during single-threaded
+    /// start-up.
+    pub fn from_env(listening: &InheritedFds) -> Result<Self, NotifyFdError> {
         if let Some(value) = inherited::take_env(NOTIFY_FD_ENV) {
-            let stream = notify_stream(&value)?;
+            let stream = notify_stream(&value, listening)?;
             return Ok(Notifier::Supervisor(Mutex::new(stream)));
         }
         Ok(Self::systemd())
@@ -295,30 +305,41 @@ mod tests {
     fn the_notification_fd_is_checked_like_listen_fds() {
         let (ours, theirs) = UnixStream::pair().unwrap();
         theirs.set_nonblocking(true).unwrap();
-        let mut stream = notify_stream(&theirs.into_raw_fd().to_string()).unwrap();
+        let none = InheritedFds::default();
+        let mut stream = notify_stream(&theirs.into_raw_fd().to_string(), &none).unwrap();
         writeln!(stream, "READY=1").unwrap();
         let mut line = String::new();
         std::io::BufRead::read_line(&mut std::io::BufReader::new(&ours), &mut line).unwrap();
         assert_eq!(line, "READY=1\n");
 
         for bad in ["", "four", "-1", "2"] {
-            let err = notify_stream(bad).unwrap_err();
+            let err = notify_stream(bad, &none).unwrap_err();
             assert!(matches!(err, NotifyFdError::BadNumber(_)), "{bad:?}: {err}");
         }
-        let err = notify_stream("1000000").unwrap_err();
+        let err = notify_stream("1000000", &none).unwrap_err();
         assert!(matches!(err, NotifyFdError::NotOpen(1_000_000)), "{err}");
 
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let err = notify_stream(&udp.into_raw_fd().to_string()).unwrap_err();
+        let err = notify_stream(&udp.into_raw_fd().to_string(), &none).unwrap_err();
         assert!(err.to_string().contains("socket type Datagram"), "{err}");
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = notify_stream(&tcp.into_raw_fd().to_string()).unwrap_err();
+        let err = notify_stream(&tcp.into_raw_fd().to_string(), &none).unwrap_err();
         assert!(err.to_string().contains("address family"), "{err}");
         let file = std::fs::File::open("/dev/null").unwrap();
-        let err = notify_stream(&file.into_raw_fd().to_string()).unwrap_err();
+        let err = notify_stream(&file.into_raw_fd().to_string(), &none).unwrap_err();
         assert!(
             err.to_string().contains("SECURELY_NOTIFY_FD=")
                 && err.to_string().contains("not a socket"),
+            "{err}"
+        );
+
+        // An fd already taken as a listening socket is not taken twice.
+        let (_ours, theirs) = UnixStream::pair().unwrap();
+        let raw = theirs.as_raw_fd();
+        let listening = InheritedFds::new(vec![("grpc".into(), theirs.into())]);
+        let err = notify_stream(&raw.to_string(), &listening).unwrap_err();
+        assert!(
+            matches!(err, NotifyFdError::Inherited(fd) if fd == raw),
             "{err}"
         );
     }

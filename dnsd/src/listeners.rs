@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 
 use securely_core::bind;
 use securely_core::daemon::Daemon;
-use securely_core::listen_fds::names;
+use securely_core::listen_fds::{ListenFdsError, names};
 
 /// Why the DNS sockets could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub enum ListenError {
         /// The reason.
         source: io::Error,
     },
+    /// An inherited socket is not what its name says.
+    #[error(transparent)]
+    Inherited(#[from] ListenFdsError),
 }
 
 /// dnsd's DNS sockets, not yet serving.
@@ -33,18 +36,8 @@ impl DnsSockets {
     /// The inherited sockets, or, when none were handed down, sockets bound from
     /// `dns.listen` (UDP and TCP on each address).
     pub fn take(daemon: &mut Daemon) -> Result<Self, ListenError> {
-        let udp: Vec<UdpSocket> = daemon
-            .fds
-            .take_all(names::DNS_UDP)
-            .into_iter()
-            .map(UdpSocket::from)
-            .collect();
-        let tcp: Vec<TcpListener> = daemon
-            .fds
-            .take_all(names::DNS_TCP)
-            .into_iter()
-            .map(TcpListener::from)
-            .collect();
+        let udp = daemon.fds.take_udp(names::DNS_UDP)?;
+        let tcp = daemon.fds.take_tcp(names::DNS_TCP)?;
         if !udp.is_empty() || !tcp.is_empty() {
             return Ok(Self { udp, tcp });
         }

@@ -55,6 +55,18 @@ fn dup_high(fd: RawFd) -> OwnedFd {
 /// Starts dnsd the way the supervisor does: fds 3.. announced by LISTEN_FDS/NAMES, the
 /// settings in SECURELY_SETTINGS, the notification socket in SECURELY_NOTIFY_FD.
 fn spawn(dir: &std::path::Path, sockets: &Sockets, notify: &UnixStream) -> KilledOnDrop {
+    spawn_announcing(dir, sockets, notify, "dns-udp:dns-tcp:grpc", "6")
+}
+
+/// [`spawn`] with fds 3, 4 and 5 (UDP, TCP, gRPC) announced as `names` and
+/// SECURELY_NOTIFY_FD set to `notify_fd` (the notification socket is fd 6).
+fn spawn_announcing(
+    dir: &std::path::Path,
+    sockets: &Sockets,
+    notify: &UnixStream,
+    names: &str,
+    notify_fd: &str,
+) -> KilledOnDrop {
     let fds: Vec<OwnedFd> = [
         sockets.udp.as_raw_fd(),
         sockets.tcp.as_raw_fd(),
@@ -81,8 +93,8 @@ fn spawn(dir: &std::path::Path, sockets: &Sockets, notify: &UnixStream) -> Kille
     command
         .env("SECURELY_SETTINGS", settings)
         .env("LISTEN_FDS", "3")
-        .env("LISTEN_FDNAMES", "dns-udp:dns-tcp:grpc")
-        .env("SECURELY_NOTIFY_FD", "6")
+        .env("LISTEN_FDNAMES", names)
+        .env("SECURELY_NOTIFY_FD", notify_fd)
         .env_remove("LISTEN_PID")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -240,4 +252,35 @@ fn a_fast_stop_reports_stopping_too() {
     let (status, took) = wait_exit(&mut dnsd);
     assert!(status.success(), "{status}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn inherited_fds_that_are_not_what_they_are_named_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("run")).unwrap();
+    let sockets = Sockets::bind(dir.path());
+    let log = || std::fs::read_to_string(dir.path().join("inherited.log")).unwrap_or_default();
+    for (names, notify_fd, says) in [
+        (
+            "dns-tcp:dns-udp:grpc",
+            "6",
+            "inherited fd 4 (named \"dns-udp\") is not a UDP socket: socket type Stream",
+        ),
+        (
+            "dns-udp:dns-tcp:grpc",
+            "5",
+            "SECURELY_NOTIFY_FD=5: fd 5 is one of the inherited sockets",
+        ),
+        (
+            "dns-udp:dns-tcp:grpc",
+            "4",
+            "SECURELY_NOTIFY_FD=4: fd 4 is one of the inherited sockets",
+        ),
+    ] {
+        let (_notify, theirs) = UnixStream::pair().unwrap();
+        let mut dnsd = spawn_announcing(dir.path(), &sockets, &theirs, names, notify_fd);
+        let (status, _) = wait_exit(&mut dnsd);
+        assert_eq!(status.code(), Some(1), "{names} {notify_fd}: {}", log());
+        assert!(log().contains(says), "{names} {notify_fd}: {}", log());
+    }
 }
