@@ -43,7 +43,7 @@ const ACK: &[u8] = b"OK";
 pub fn take_over(settings: &Settings) -> anyhow::Result<StackSockets> {
     signals::unblock_stop_signals()?;
     let peers = Peers::new(settings.user.as_deref());
-    let received = receive(&settings.upgrade_socket(), &peers);
+    let received = receive(settings, &peers);
     signals::block_stop_signals();
     let (carried, sender) = received?;
     // Acknowledged only once the sockets are ours: until then the running supervisor
@@ -91,14 +91,22 @@ pub async fn hand_to_waiting_supervisor(
     Ok(true)
 }
 
-/// New side (`-u`): waits on `path` for the running supervisor to send its sockets (a
+/// New side (`-u`): waits on `upgrade_sock` for the running supervisor to send its sockets (a
 /// connection from a process that is not one of `peers` is refused, and the wait goes
 /// on). Returns them with the connection to [`acknowledge`] on once they are in use:
 /// until then the running supervisor serves on.
-fn receive(path: &Path, peers: &Peers) -> anyhow::Result<(CarriedSockets, UnixStream)> {
+fn receive(settings: &Settings, peers: &Peers) -> anyhow::Result<(CarriedSockets, UnixStream)> {
+    let path = &settings.upgrade_socket();
     let listener = securely_core::bind::unix(path)
         .with_context(|| format!("upgrade_sock: binding {}", path.display()))?;
     let _cleanup = RemoveOnDrop(path);
+    // Started as root (`sudo securely -u`) beside a stack that already runs as its user:
+    // the socket file must be that user's, or the running supervisor cannot connect.
+    crate::privileges::give_socket_to_stack_user(
+        path,
+        settings.user.as_deref(),
+        settings.group.as_deref(),
+    )?;
     eprintln!(
         "securely: waiting on {} for the running supervisor's sockets (send it SIGQUIT)",
         path.display()
