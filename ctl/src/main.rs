@@ -12,6 +12,7 @@ mod queue;
 mod sites;
 mod stack;
 mod target;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,6 +58,13 @@ enum Command {
     Man {
         /// Where to write them.
         dir: PathBuf,
+    },
+    /// Follow the stack: its current state, then one line per event (supervisor phase,
+    /// daemon state, restart, upgrade) until Ctrl-C or the supervisor stops.
+    Watch {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Upgrade the whole stack in place to the installed binaries and the settings file
     /// (like SIGQUIT), and wait for the result.
@@ -249,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => stack::status(&target, json).await,
         Command::Restart { daemon } => stack::restart(&target, &daemon).await,
         Command::Reload => stack::reload(&target).await,
+        Command::Watch { json } => watch::watch(&target, json).await,
         Command::Stop { fast, no_wait } => stack::stop(&target, fast, no_wait).await,
         Command::SiteLink {
             name,

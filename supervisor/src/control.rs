@@ -7,12 +7,13 @@ use securely_core::rpc::Access;
 use securely_core::shutdown::{Shutdown, ShutdownKind};
 use securely_proto::supervisor::supervisor_server::{Supervisor, SupervisorServer};
 use securely_proto::supervisor::{
-    ProcessStatus, ReloadReply, ReloadRequest, RestartReply, RestartRequest, StatusReply,
-    StatusRequest, StopReply, StopRequest,
+    Event, ProcessStatus, ReloadReply, ReloadRequest, RestartReply, RestartRequest, StatusReply,
+    StatusRequest, StopReply, StopRequest, WatchRequest,
 };
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status};
 
+use crate::events;
 use crate::operation::{Busy, Operation, Operations};
 use crate::serving::Serving;
 use crate::slot::ReplaceError;
@@ -65,6 +66,21 @@ impl ControlService {
 
 #[tonic::async_trait]
 impl Supervisor for ControlService {
+    type WatchStream = events::WatchStream;
+
+    async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let slots: Vec<_> = self
+            .stack
+            .slots()
+            .iter()
+            .map(|slot| (slot.name, slot.watch()))
+            .collect();
+        Ok(Response::new(events::stream(
+            self.upgrades.events(),
+            &slots,
+        )))
+    }
+
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
         let state = if self.shutdown.requested().is_some() {
             "draining"
@@ -113,7 +129,28 @@ impl Supervisor for ControlService {
             .begin(Operation::Restart(name.clone()))
             .map_err(busy)?;
         tracing::info!(daemon = %name, "restart requested");
-        match slot.replace(Some(guard)).await {
+        let events = self.upgrades.events();
+        let id = events.next_restart_id();
+        let outcome = |state: &str, pid: u32, detail: String| Event {
+            kind: "restart".into(),
+            daemon: name.clone(),
+            state: state.into(),
+            pid,
+            id,
+            detail,
+            ..Default::default()
+        };
+        events.publish(outcome("running", 0, String::new()));
+        let result = slot.replace(Some(guard)).await;
+        events.publish(match &result {
+            Ok(replaced) => outcome(
+                "done",
+                replaced.pid,
+                format!("replaced {}", replaced.old_pid),
+            ),
+            Err(e) => outcome("failed", 0, e.to_string()),
+        });
+        match result {
             Ok(replaced) => Ok(Response::new(RestartReply {
                 pid: replaced.pid,
                 old_pid: replaced.old_pid,

@@ -20,13 +20,12 @@ use std::time::Duration;
 
 use securely_core::readiness::{Command, Notice};
 use securely_core::shutdown::{Shutdown, ShutdownKind};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::child::{self, Instance};
+use crate::events::SlotRecorder;
 use crate::spawn;
 use crate::spec::SlotSpec;
-use crate::state::SlotStatus;
 use crate::stopping;
 
 /// How long a new instance may take from start to serving.
@@ -61,7 +60,7 @@ enum Missed {
 pub async fn run(
     spec: &SlotSpec,
     old: Option<&Instance>,
-    status: &watch::Sender<SlotStatus>,
+    status: &SlotRecorder,
     shutdown: &Shutdown,
 ) -> Result<Instance, HandoverError> {
     let deadline = Instant::now() + START_TIMEOUT;
@@ -170,7 +169,7 @@ async fn abandon(
     old: Option<&Instance>,
     missed: Missed,
     released: bool,
-    status: &watch::Sender<SlotStatus>,
+    status: &SlotRecorder,
     shutdown: &Shutdown,
 ) -> HandoverError {
     let reason = match missed {
@@ -235,7 +234,7 @@ async fn await_notice(
     instance: &Instance,
     wanted: Notice,
     deadline: Instant,
-    status: &watch::Sender<SlotStatus>,
+    status: &SlotRecorder,
     shutdown: &Shutdown,
 ) -> Result<(), Missed> {
     let mut notices_open = true;

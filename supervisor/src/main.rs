@@ -22,6 +22,7 @@ mod child;
 mod cli;
 mod control;
 mod daemonize;
+mod events;
 mod handover;
 mod load;
 mod operation;

@@ -14,6 +14,7 @@ use tonic::service::Routes;
 
 use crate::control::{self, ControlService};
 use crate::daemonize::StartupReport;
+use crate::events::Phase;
 use crate::serving::{Beginning, Serving};
 use crate::signals;
 use crate::stack::Stack;
@@ -53,6 +54,7 @@ pub async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::
             &serving.exe,
             std::mem::take(&mut serving.adopted),
             serving.started,
+            serving.upgrades.events(),
         ));
         let mut control_server = Some(start_control(
             &serving, &stack, &shutdown, &access, &trigger,
@@ -68,7 +70,13 @@ pub async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::
                     problem,
                 ));
             }
-            Beginning::Start => await_startup(&stack, &shutdown, &notifier, report).await,
+            Beginning::Start => {
+                await_startup(&stack, &shutdown, &notifier, report).await;
+                serving
+                    .upgrades
+                    .events()
+                    .phase_from(&[Phase::Bootstrap], Phase::Running);
+            }
         }
 
         // Run until asked to stop or to upgrade.
@@ -106,8 +114,14 @@ pub async fn serve(mut serving: Serving, report: &mut StartupReport) -> anyhow::
 
         // Phase: stop. The slots stop their daemons themselves.
         tracing::info!(?kind, "stopping");
+        let events = serving.upgrades.events().clone();
+        events.phase(match kind {
+            ShutdownKind::Graceful => Phase::GracefulTerminate,
+            ShutdownKind::Fast => Phase::FastShutdown,
+        });
         notifier.notify(Notice::Stopping);
         stack.wait_stopped().await;
+        events.phase(Phase::Terminated);
 
         // Clean up.
         if let Some(server) = control_server {

@@ -28,7 +28,7 @@ pub struct Serving {
     pub exe: PathBuf,
     /// The settings file (`-c`), read again on an upgrade.
     pub conf: Option<PathBuf>,
-    /// The last upgrade, as status shows it.
+    /// The last upgrade, as status shows it, and the stack's events.
     pub upgrades: Arc<Upgrades>,
     /// The one restart or upgrade that may run at a time, across stacks.
     pub operations: Operations,

@@ -27,6 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::backoff;
 use crate::carried::ExportedSlot;
 use crate::child::{self, Instance};
+use crate::events::{Events, SlotRecorder};
 use crate::handover::{self, HandoverError};
 use crate::operation::OperationGuard;
 use crate::spec::SlotSpec;
@@ -115,6 +116,7 @@ impl Slot {
         spec: SlotSpec,
         shutdown: Shutdown,
         adopted: Option<ExportedSlot>,
+        events: Events,
     ) -> (Self, JoinHandle<()>) {
         let mut initial = SlotStatus::new(
             spec.sockets.urls(),
@@ -130,7 +132,7 @@ impl Slot {
         let name = spec.name;
         let supervision = Supervision {
             spec: Arc::new(spec),
-            status: Arc::new(status_tx),
+            status: Arc::new(SlotRecorder::new(name, status_tx, events)),
             requests,
             shutdown,
             retiring: JoinSet::new(),
@@ -201,7 +203,7 @@ impl Slot {
 /// The task behind a [`Slot`].
 struct Supervision {
     spec: Arc<SlotSpec>,
-    status: Arc<watch::Sender<SlotStatus>>,
+    status: Arc<SlotRecorder>,
     requests: mpsc::Receiver<Request>,
     shutdown: Shutdown,
     /// Replaced instances, draining.

@@ -11,6 +11,7 @@ use securely_core::shutdown::{Shutdown, ShutdownKind};
 use tokio::task::JoinHandle;
 
 use crate::carried::ExportedSlot;
+use crate::events::Events;
 use crate::slot::Slot;
 use crate::sockets::DaemonSockets;
 use crate::spec::SlotSpec;
@@ -60,13 +61,15 @@ impl Stack {
         exe: &Path,
         mut adopted: HashMap<String, ExportedSlot>,
         started: Instant,
+        events: &Events,
     ) -> Self {
         let settings_yaml = Arc::new(settings.to_yaml());
         let mut slots = Vec::new();
         let mut tasks = Vec::new();
         for (name, sockets) in daemons {
             let spec = SlotSpec::new(settings, &settings_yaml, exe, name, sockets);
-            let (slot, task) = Slot::start(spec, shutdown.clone(), adopted.remove(name));
+            let (slot, task) =
+                Slot::start(spec, shutdown.clone(), adopted.remove(name), events.clone());
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = task.await {

@@ -4,7 +4,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use securely_proto::supervisor::{ProcessStatus, UpgradeStatus};
+use securely_proto::supervisor::{Event, ProcessStatus, UpgradeStatus};
+
+use crate::events::{Events, Phase};
 
 /// A daemon's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,19 +146,40 @@ impl UpgradeRecord {
     }
 }
 
-/// The upgrade record, shared by the upgrade and the control service.
+/// The upgrade record, shared by the upgrade and the control service, and the events
+/// hub the upgrade publishes to.
 #[derive(Debug, Default)]
 pub struct Upgrades {
     record: Mutex<UpgradeRecord>,
+    events: Events,
 }
 
 impl Upgrades {
     /// Continues the record carried across the exec.
     pub fn carried(mut record: UpgradeRecord) -> Self {
         record.started = Some(Instant::now() - Duration::from_millis(record.elapsed_ms));
-        Self {
+        let upgrades = Self {
             record: Mutex::new(record),
-        }
+            events: Events::default(),
+        };
+        // The upgrade continues in this image.
+        upgrades.events.phase(Phase::Upgrading);
+        upgrades
+    }
+
+    /// The stack's events.
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    fn publish(&self, record: &UpgradeRecord) {
+        self.events.publish(Event {
+            kind: "upgrade".into(),
+            state: record.state.clone(),
+            id: record.id,
+            detail: record.detail.clone(),
+            ..Default::default()
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, UpgradeRecord> {
@@ -171,6 +194,8 @@ impl Upgrades {
         record.detail = "checking the binaries and the settings".into();
         record.started = Some(Instant::now());
         record.elapsed_ms = 0;
+        self.events.phase(Phase::Upgrading);
+        self.publish(&record);
         record.id
     }
 
@@ -192,6 +217,9 @@ impl Upgrades {
         };
         record.state = state.into();
         record.detail = detail;
+        self.publish(&record);
+        self.events
+            .phase_from(&[Phase::Upgrading, Phase::Reexecuting], Phase::Running);
     }
 
     /// The record, to carry across the exec.

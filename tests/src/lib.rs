@@ -10,6 +10,7 @@ pub mod dns;
 pub mod http;
 pub mod keepalive;
 pub mod load;
+pub mod watcher;
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, UdpSocket};

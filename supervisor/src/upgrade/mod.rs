@@ -37,6 +37,7 @@ pub use resume::{continue_upgrade, resume};
 
 use crate::carried::{CarriedState, ExportedSlot};
 use crate::control;
+use crate::events::Phase;
 use crate::serving::Serving;
 use crate::signals;
 use crate::spawn;
@@ -118,6 +119,8 @@ pub async fn upgrade(
 
     // Phase 2: carry. The control server first: the Reload call gets its answer out.
     serving.upgrades.progress("re-executing the supervisor");
+    // Watchers' streams end here, so they do not hold the control server up.
+    serving.upgrades.events().phase(Phase::Reexecuting);
     if let Some(server) = control_server.take() {
         server
             .stop(tokio::time::Instant::now() + control::STOP_TIMEOUT)

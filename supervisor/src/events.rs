@@ -1,0 +1,379 @@
+//! The stack's events, for `Supervisor.Watch`: one bounded broadcast channel, fed from
+//! one place. Each daemon's record goes through a [`SlotRecorder`], which publishes what
+//! a change changed; the supervisor's phase, restarts and upgrades are published with
+//! [`Events::publish`]. A watcher that falls behind misses events (it is told how many),
+//! it never holds the supervisor up.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use securely_proto::supervisor::Event;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::state::{DaemonState, SlotStatus};
+
+/// Events kept for watchers that have not read them yet; beyond that, the slowest miss
+/// the oldest.
+pub const BACKLOG: usize = 256;
+
+/// The supervisor's phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Starting its daemons.
+    Bootstrap,
+    /// Every daemon was started; serving.
+    Running,
+    /// Stopping, letting daemons drain (SIGTERM, `stop`).
+    GracefulTerminate,
+    /// Stopping fast (SIGINT, `stop --fast`).
+    FastShutdown,
+    /// Upgrading in place.
+    Upgrading,
+    /// Re-executing itself for an upgrade: watchers' streams end here.
+    Reexecuting,
+    /// Every daemon is gone.
+    Terminated,
+}
+
+impl Phase {
+    /// The name in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Bootstrap => "bootstrap",
+            Phase::Running => "running",
+            Phase::GracefulTerminate => "graceful_terminate",
+            Phase::FastShutdown => "fast_shutdown",
+            Phase::Upgrading => "upgrading",
+            Phase::Reexecuting => "re_executing",
+            Phase::Terminated => "terminated",
+        }
+    }
+}
+
+struct Inner {
+    seq: u64,
+    phase: Phase,
+    restarts: u64,
+    sender: broadcast::Sender<Event>,
+}
+
+/// The event hub: numbers events and sends them to every watcher.
+#[derive(Clone)]
+pub struct Events {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").finish_non_exhaustive()
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                seq: 0,
+                phase: Phase::Bootstrap,
+                restarts: 0,
+                sender: broadcast::channel(BACKLOG).0,
+            })),
+        }
+    }
+}
+
+impl Events {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Numbers, stamps and sends `event` (its `seq` and `unix_ms` are set here).
+    pub fn publish(&self, event: Event) {
+        publish_locked(&mut self.lock(), event);
+    }
+
+    /// Moves the supervisor to `phase` (no event if it is there already).
+    pub fn phase(&self, phase: Phase) {
+        let mut inner = self.lock();
+        if inner.phase != phase {
+            inner.phase = phase;
+            publish_locked(&mut inner, phase_event(phase));
+        }
+    }
+
+    /// Moves the supervisor from one of the phases `from` to `to` (nothing if it is
+    /// elsewhere).
+    pub fn phase_from(&self, from: &[Phase], to: Phase) {
+        let mut inner = self.lock();
+        if from.contains(&inner.phase) {
+            inner.phase = to;
+            publish_locked(&mut inner, phase_event(to));
+        }
+    }
+
+    /// Numbers a new restart.
+    pub fn next_restart_id(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.restarts += 1;
+        inner.restarts
+    }
+
+    /// A new watcher: the current state (the supervisor's phase, then each of
+    /// `slots`' status, by name), and a receiver of every later event. Both are taken
+    /// together, so nothing is missed or seen twice.
+    pub fn watch(
+        &self,
+        slots: &[(&'static str, watch::Receiver<SlotStatus>)],
+    ) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let inner = self.lock();
+        let stamp = |mut event: Event| {
+            event.seq = inner.seq;
+            event.unix_ms = unix_ms(SystemTime::now());
+            event
+        };
+        let mut snapshot = vec![stamp(phase_event(inner.phase))];
+        for (name, status) in slots {
+            let status = status.borrow();
+            snapshot.push(stamp(Event {
+                kind: "snapshot".into(),
+                daemon: name.to_string(),
+                state: status.state.as_str().into(),
+                pid: status.pid,
+                detail: status.last_exit.clone(),
+                next_start_unix_ms: next_start(&status),
+                ..Default::default()
+            }));
+        }
+        (snapshot, inner.sender.subscribe())
+    }
+}
+
+/// How many events a watcher's connection buffers before it reads from the backlog.
+const STREAM_BUFFER: usize = 16;
+
+/// The events a `Watch` call streams.
+pub type WatchStream = ReceiverStream<Result<Event, tonic::Status>>;
+
+/// A watcher's stream: the current state, then every event, a "lagged" event where it
+/// fell behind, until the supervisor's phase is "terminated" or "re_executing" (so that
+/// no watcher holds up the control server's stop).
+pub fn stream(
+    events: &Events,
+    slots: &[(&'static str, watch::Receiver<SlotStatus>)],
+) -> WatchStream {
+    let (snapshot, mut seen) = events.watch(slots);
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    tokio::spawn(async move {
+        for event in snapshot {
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
+        }
+        let mut missed = 0;
+        loop {
+            let event = match seen.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    missed += n;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if missed > 0 {
+                // Numbered as the last event it missed, just before the next it sees.
+                let lagged = Event {
+                    kind: "lagged".into(),
+                    seq: event.seq - 1,
+                    unix_ms: unix_ms(SystemTime::now()),
+                    missed: std::mem::take(&mut missed),
+                    ..Default::default()
+                };
+                if tx.send(Ok(lagged)).await.is_err() {
+                    return;
+                }
+            }
+            let last = event.kind == "phase"
+                && [Phase::Terminated, Phase::Reexecuting]
+                    .iter()
+                    .any(|end| event.state == end.as_str());
+            if tx.send(Ok(event)).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn publish_locked(inner: &mut Inner, mut event: Event) {
+    inner.seq += 1;
+    event.seq = inner.seq;
+    event.unix_ms = unix_ms(SystemTime::now());
+    // No watcher: nobody to tell.
+    let _ = inner.sender.send(event);
+}
+
+fn phase_event(phase: Phase) -> Event {
+    Event {
+        kind: "phase".into(),
+        state: phase.as_str().into(),
+        pid: std::process::id(),
+        ..Default::default()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// When the next start is due, as Unix milliseconds (0: none due).
+fn next_start(status: &SlotStatus) -> u64 {
+    status
+        .next_start_at
+        .map(|at| {
+            let now = Instant::now();
+            unix_ms(SystemTime::now() + at.saturating_duration_since(now))
+        })
+        .unwrap_or(0)
+}
+
+/// A daemon's record, which publishes what each change changed.
+#[derive(Debug)]
+pub struct SlotRecorder {
+    name: &'static str,
+    status: watch::Sender<SlotStatus>,
+    events: Events,
+}
+
+impl SlotRecorder {
+    /// The record of daemon `name`, sent on `status`.
+    pub fn new(name: &'static str, status: watch::Sender<SlotStatus>, events: Events) -> Self {
+        Self {
+            name,
+            status,
+            events,
+        }
+    }
+
+    /// The current record.
+    pub fn borrow(&self) -> watch::Ref<'_, SlotStatus> {
+        self.status.borrow()
+    }
+
+    /// Changes the record, and publishes the events the change amounts to.
+    pub fn send_modify(&self, change: impl FnOnce(&mut SlotStatus)) {
+        // Held across the change, so events are in the order of the changes and a new
+        // watcher's snapshot is either before or after it.
+        let mut inner = self.events.lock();
+        let mut before = None;
+        self.status.send_modify(|s| {
+            before = Some(s.clone());
+            change(s);
+        });
+        let Some(before) = before else { return };
+        let after = self.status.borrow().clone();
+        for event in changes(self.name, &before, &after) {
+            publish_locked(&mut inner, event);
+        }
+    }
+}
+
+/// The events between two records of daemon `name`, in a meaningful order: an exit,
+/// then the new state, then replaced instances.
+fn changes(name: &str, before: &SlotStatus, after: &SlotStatus) -> Vec<Event> {
+    let daemon = |kind: &str, state: &str, pid: u32| Event {
+        kind: kind.into(),
+        daemon: name.into(),
+        state: state.into(),
+        pid,
+        ..Default::default()
+    };
+    let mut events = Vec::new();
+    // The instance is gone (or, never seen running, failed with a new reason).
+    let gone = before.pid != 0 && after.pid == 0;
+    if gone || (after.last_exit != before.last_exit && !after.last_exit.is_empty()) {
+        events.push(Event {
+            detail: after.last_exit.clone(),
+            ..daemon("daemon", "exited", before.pid)
+        });
+    }
+    // A new instance shows with its pid: "starting" once it is spawned, "ready" when a
+    // hand-over made it the serving one.
+    let new_pid = after.pid != before.pid && after.pid != 0;
+    let pid_pending = after.state == DaemonState::Starting && after.pid == 0;
+    if (after.state != before.state || new_pid) && !pid_pending {
+        let mut event = daemon("daemon", after.state.as_str(), after.pid);
+        event.next_start_unix_ms = next_start(after);
+        events.push(event);
+    }
+    for pid in &after.draining {
+        if !before.draining.contains(pid) {
+            events.push(daemon("retired", "draining", *pid));
+        }
+    }
+    for pid in &before.draining {
+        if !after.draining.contains(pid) {
+            events.push(daemon("retired", "exited", *pid));
+        }
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kill_and_its_recovery_read_as_exited_backoff_starting_ready() {
+        let events = Events::default();
+        let (tx, rx) = watch::channel(SlotStatus::new(vec![], String::new(), String::new()));
+        let recorder = SlotRecorder::new("dnsd", tx, events.clone());
+        let (_, mut seen) = events.watch(&[("dnsd", rx)]);
+        recorder.send_modify(|s| s.pid = 10);
+        recorder.send_modify(|s| s.enter(DaemonState::Ready));
+        recorder.send_modify(|s| {
+            s.last_exit = "killed by SIGKILL".into();
+            s.pid = 0;
+        });
+        recorder.send_modify(|s| s.enter(DaemonState::Backoff));
+        recorder.send_modify(|s| s.enter(DaemonState::Starting));
+        recorder.send_modify(|s| s.pid = 11);
+        // Killed again the same way: still an exit.
+        recorder.send_modify(|s| {
+            s.last_exit = "killed by SIGKILL".into();
+            s.pid = 0;
+        });
+        let mut got = Vec::new();
+        while let Ok(e) = seen.try_recv() {
+            got.push((e.seq, e.state, e.pid));
+        }
+        let states: Vec<_> = got.iter().map(|(_, s, p)| (s.as_str(), *p)).collect();
+        assert_eq!(
+            states,
+            [
+                ("starting", 10),
+                ("ready", 10),
+                ("exited", 10),
+                ("backoff", 0),
+                ("starting", 11),
+                ("exited", 11)
+            ]
+        );
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn a_watcher_that_falls_behind_is_told_not_waited_for() {
+        let events = Events::default();
+        let (_, mut seen) = events.watch(&[]);
+        for _ in 0..BACKLOG + 5 {
+            events.publish(Event::default());
+        }
+        assert!(matches!(
+            seen.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(5))
+        ));
+    }
+}

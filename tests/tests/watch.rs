@@ -1,0 +1,114 @@
+//! `Supervisor.Watch` through `securelyctl watch --json`: the current state first, then
+//! the events of a killed daemon's recovery and of a hand-over, in order.
+
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use securely_tests::Stack;
+use securely_tests::watcher::{Watcher, is};
+use serde_json::Value;
+
+/// A bound on each awaited event, not a speed goal.
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn pid(event: &Value) -> u32 {
+    event["pid"].as_u64().unwrap_or(0) as u32
+}
+
+#[test]
+fn a_watcher_sees_the_state_then_a_kill_recovery_and_a_handover_in_order() {
+    let stack = Stack::start();
+    stack.wait_all_ready();
+    let mut watcher = Watcher::start(&stack);
+
+    // The current state: the supervisor's phase, then each daemon.
+    let phase = watcher.until("the phase", WITHIN, |_| true);
+    assert_eq!(phase["kind"], "phase", "{phase}");
+    assert_eq!(phase["state"], "running", "{phase}");
+    for daemon in ["proxyd", "dnsd", "queued"] {
+        let snapshot = watcher.until("a snapshot", WITHIN, |_| true);
+        assert!(is(&snapshot, "snapshot", daemon, "ready"), "{snapshot}");
+        assert!(pid(&snapshot) > 0, "{snapshot}");
+    }
+    let old = pid(&watcher.seen[2]);
+    assert_eq!(Some(old), stack.ready_pid("dnsd"));
+
+    // A SIGKILL, and the recovery.
+    kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    let exited = watcher.until("dnsd exited", WITHIN, |e| is(e, "daemon", "dnsd", "exited"));
+    assert_eq!(pid(&exited), old, "{exited}");
+    assert!(
+        exited["detail"].as_str().unwrap().contains("SIGKILL"),
+        "{exited}"
+    );
+    let backoff = watcher.until("dnsd backoff", WITHIN, |e| e["daemon"] == "dnsd");
+    assert_eq!(backoff["state"], "backoff", "{backoff}");
+    assert!(
+        backoff["next_start_unix_ms"].as_u64().unwrap() >= backoff["unix_ms"].as_u64().unwrap()
+    );
+    let starting = watcher.until("dnsd starting", WITHIN, |e| e["daemon"] == "dnsd");
+    assert_eq!(starting["state"], "starting", "{starting}");
+    let new = pid(&starting);
+    assert!(new > 0 && new != old, "{starting}");
+    let ready = watcher.until("dnsd ready", WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(is(&ready, "daemon", "dnsd", "ready"), "{ready}");
+    assert_eq!(pid(&ready), new);
+
+    // A requested restart: a hand-over from the serving instance.
+    stack.ctl_ok(&["restart", "dnsd"]);
+    let running = watcher.until("the restart", WITHIN, |e| e["kind"] == "restart");
+    assert!(is(&running, "restart", "dnsd", "running"), "{running}");
+    let id = running["id"].as_u64().unwrap();
+    let handed = watcher.until("the new dnsd", WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(
+        is(&handed, "daemon", "dnsd", "starting") || is(&handed, "daemon", "dnsd", "ready"),
+        "{handed}"
+    );
+    let serving = if is(&handed, "daemon", "dnsd", "ready") {
+        handed
+    } else {
+        watcher.until("dnsd ready", WITHIN, |e| is(e, "daemon", "dnsd", "ready"))
+    };
+    let third = pid(&serving);
+    assert_ne!(third, new);
+    let retired = watcher.until("the old dnsd retired", WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(is(&retired, "retired", "dnsd", "draining"), "{retired}");
+    assert_eq!(pid(&retired), new);
+    let done = watcher.until("the restart's end", WITHIN, |e| e["kind"] == "restart");
+    assert!(is(&done, "restart", "dnsd", "done"), "{done}");
+    assert_eq!(done["id"].as_u64(), Some(id));
+    assert_eq!(pid(&done), third);
+    assert_eq!(stack.ready_pid("dnsd"), Some(third));
+    watcher.until("the old dnsd gone", WITHIN, |e| {
+        is(e, "retired", "dnsd", "exited") && pid(e) == new
+    });
+
+    // Numbered in order: the current state at the number it was taken at, then each
+    // event one more.
+    let seqs: Vec<u64> = watcher
+        .seen
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert!(seqs[..4].iter().all(|s| *s == seqs[0]), "{seqs:?}");
+    assert!(seqs[3..].windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(
+        watcher
+            .seen
+            .iter()
+            .all(|e| e["unix_ms"].as_u64().unwrap() > 0)
+    );
+
+    // The stream ends when the stack stops, with the supervisor's last phases.
+    stack.ctl_ok(&["stop"]);
+    watcher.until("graceful_terminate", WITHIN, |e| {
+        is(e, "phase", "", "graceful_terminate")
+    });
+    watcher.until("terminated", WITHIN, |e| is(e, "phase", "", "terminated"));
+    assert!(
+        watcher.ended_ok(WITHIN),
+        "securelyctl watch did not end: {:#?}",
+        watcher.seen
+    );
+}
