@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use securely_tests::Stack;
+use std::process::{Command, Stdio};
+
 use securely_tests::watcher::{Watcher, is};
+use securely_tests::{Stack, StackConfig, bin};
 use serde_json::Value;
 
 /// A bound on each awaited event, not a speed goal.
@@ -111,4 +113,79 @@ fn a_watcher_sees_the_state_then_a_kill_recovery_and_a_handover_in_order() {
         "securelyctl watch did not end: {:#?}",
         watcher.seen
     );
+}
+
+#[test]
+fn an_upgrade_ends_the_stream_at_the_exec_and_the_new_image_reports_its_end() {
+    let stack = Stack::start_with(StackConfig {
+        own_binaries: true,
+        ..StackConfig::default()
+    });
+    stack.wait_all_ready();
+    let mut watcher = Watcher::start(&stack);
+    watcher.until("the current state", WITHIN, |e| e["kind"] == "phase");
+    stack.install_binaries();
+    let out = stack.ctl_ok(&["reload"]);
+    assert!(out.contains("reloaded"), "{out}");
+    watcher.until("upgrading", WITHIN, |e| is(e, "phase", "", "upgrading"));
+    let began = watcher.until("the upgrade", WITHIN, |e| e["kind"] == "upgrade");
+    assert_eq!(began["state"], "running", "{began}");
+    assert_eq!(began["id"], 1, "{began}");
+    watcher.until("re_executing", WITHIN, |e| {
+        is(e, "phase", "", "re_executing")
+    });
+    // Ended by the supervisor, not cut by the control server's stop.
+    assert!(watcher.ended_ok(WITHIN), "{:#?}", watcher.seen);
+
+    // The new image: the upgrade's end (reload has returned, so it is over).
+    let mut watcher = Watcher::start(&stack);
+    let phase = watcher.until("the phase", WITHIN, |_| true);
+    assert!(is(&phase, "phase", "", "running"), "{phase}");
+    assert_eq!(stack.status().unwrap()["upgrade"]["state"], "done");
+}
+
+#[test]
+fn a_watcher_that_never_reads_holds_up_neither_restarts_nor_the_stop() {
+    let stack = Stack::start();
+    stack.wait_all_ready();
+    // Connected, its stream never read.
+    let _stalled = Command::new(bin("securelyctl"))
+        .arg("--socket")
+        .arg(stack.control_socket())
+        .args(["watch", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map(KillOnDrop)
+        .expect("run securelyctl watch");
+    for _ in 0..RESTARTS {
+        for daemon in ["proxyd", "dnsd", "queued"] {
+            stack.ctl_ok(&["restart", daemon]);
+        }
+    }
+    let status = stack.daemon_status("dnsd").unwrap();
+    assert_eq!(status["restarts"], RESTARTS, "{status}");
+    // A reading watcher still gets the current state.
+    let mut watcher = Watcher::start(&stack);
+    watcher.until("the phase", WITHIN, |e| is(e, "phase", "", "running"));
+    stack.ctl_ok(&["stop"]);
+    assert!(watcher.ended_ok(WITHIN), "{:#?}", watcher.seen);
+    assert!(
+        !stack.log().contains("cutting gRPC calls short"),
+        "{}",
+        stack.log()
+    );
+}
+
+/// Restarts of each daemon while a watcher stalls. Their events fit in the connection's
+/// flow-control window, so this shows a stalled watcher costs nothing up to there; the
+/// broadcast's lag past its backlog is covered by the unit test in `events.rs`.
+const RESTARTS: u64 = 5;
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
