@@ -1,15 +1,22 @@
 //! Python's grpcio, unchanged (`grpc.insecure_channel("unix:" + path)`, no authority
 //! option), calls every socket: it runs `examples/python/queue_push.py` (health, reflection,
-//! a queue push) against a real stack, and the pushed job is then reserved back.
+//! a queue push) against a real stack, and the pushed job is then reserved back. A second
+//! test follows the stack with `examples/python/watch.py` (Supervisor.Watch) through a
+//! daemon's SIGKILL and recovery.
 //!
-//! It runs with every Python that has grpcio, grpcio-tools and protobuf among
+//! Both run with every Python that has grpcio, grpcio-tools and protobuf among
 //! `$SECURELY_TEST_PYTHON`, the venv `.ci/run` makes in `target/pyenv` (pip's grpcio,
 //! which sends the socket path as `:authority`) and `/usr/bin/python3` (Debian's
 //! `python3-grpcio`, which sends `localhost`). In CI (`CI` set) each of them must have the
 //! modules; elsewhere one without is reported and left out.
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use securely_proto::queue::ReserveRequest;
 use securely_proto::queue::queue_client::QueueClient;
@@ -57,8 +64,8 @@ fn has_grpc(python: &Path) -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn python_grpcio_calls_health_reflection_and_push_unchanged() {
+/// The Pythons with grpcio (in CI, every candidate must have it).
+fn pythons() -> Vec<PathBuf> {
     let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
     let mut pythons = Vec::new();
     for python in candidates() {
@@ -75,6 +82,14 @@ async fn python_grpcio_calls_health_reflection_and_push_unchanged() {
     }
     if pythons.is_empty() {
         eprintln!("skipped: no Python with grpcio");
+    }
+    pythons
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_grpcio_calls_health_reflection_and_push_unchanged() {
+    let pythons = pythons();
+    if pythons.is_empty() {
         return;
     }
 
@@ -130,5 +145,80 @@ async fn python_grpcio_calls_health_reflection_and_push_unchanged() {
             .into_inner();
         assert_eq!(job.id, id);
         assert_eq!(job.payload, payload.as_bytes());
+    }
+}
+
+/// How long the Python watcher may take to see an event.
+const WATCH_WITHIN: Duration = Duration::from_secs(30);
+
+#[test]
+fn python_grpcio_watches_a_killed_daemon_come_back() {
+    let pythons = pythons();
+    if pythons.is_empty() {
+        return;
+    }
+    let stack = Stack::start();
+    stack.wait_all_ready();
+    for python in &pythons {
+        let mut watcher = Command::new(python)
+            .arg(workspace().join("examples/python/watch.py"))
+            .arg("--run-dir")
+            .arg(stack.run_dir())
+            .args(["--until", "daemon:ready"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run the example");
+        let mut lines = BufReader::new(watcher.stdout.take().expect("piped")).lines();
+        // The current state first: the phase, then each daemon.
+        let first = lines.next().expect("a first event").expect("a line");
+        assert!(
+            first.contains(" phase - running "),
+            "{}: {first}",
+            python.display()
+        );
+        let mut seen = vec![first];
+        for _ in 0..3 {
+            seen.push(lines.next().expect("a snapshot").expect("a line"));
+        }
+        let old = stack.ready_pid("dnsd").unwrap();
+        assert!(
+            seen.iter()
+                .any(|l| l.contains(&format!(" snapshot dnsd ready {old} "))),
+            "{seen:#?}"
+        );
+        kill(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = watcher.try_wait().expect("wait for the example") {
+                break status;
+            }
+            assert!(started.elapsed() < WATCH_WITHIN, "no dnsd ready event");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        seen.extend(lines.map_while(Result::ok));
+        let mut stderr = String::new();
+        let _ = watcher
+            .stderr
+            .take()
+            .expect("piped")
+            .read_to_string(&mut stderr);
+        assert!(
+            status.success(),
+            "{}: {seen:#?}\n{stderr}",
+            python.display()
+        );
+        let exited = seen
+            .iter()
+            .position(|l| l.contains(&format!(" daemon dnsd exited {old} killed by SIGKILL")))
+            .unwrap_or_else(|| panic!("{seen:#?}"));
+        let ready = seen.len() - 1;
+        assert!(seen[ready].contains(" daemon dnsd ready "), "{seen:#?}");
+        assert!(exited < ready, "{seen:#?}");
+        let seqs: Vec<u64> = seen[3..]
+            .iter()
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seen:#?}");
     }
 }
