@@ -262,6 +262,37 @@ impl SlotRecorder {
         self.status.borrow()
     }
 
+    /// Publishes a step of a hand-over that changes no record: `state` (`prepared`,
+    /// `released`) of instance `pid`.
+    pub fn step(&self, state: &str, pid: u32, detail: String) {
+        self.events.publish(Event {
+            kind: "daemon".into(),
+            daemon: self.name.into(),
+            state: state.into(),
+            pid,
+            detail,
+            ..Default::default()
+        });
+    }
+
+    /// A replaced instance is gone (`how`, e.g. "exited with status 0").
+    pub fn retired_gone(&self, pid: u32, how: String) {
+        let mut inner = self.events.lock();
+        self.status
+            .send_modify(|s| s.draining.retain(|p| *p != pid));
+        publish_locked(
+            &mut inner,
+            Event {
+                kind: "retired".into(),
+                daemon: self.name.into(),
+                state: "exited".into(),
+                pid,
+                detail: how,
+                ..Default::default()
+            },
+        );
+    }
+
     /// Changes the record, and publishes the events the change amounts to.
     pub fn send_modify(&self, change: impl FnOnce(&mut SlotStatus)) {
         // Held across the change, so events are in the order of the changes and a new
@@ -281,7 +312,8 @@ impl SlotRecorder {
 }
 
 /// The events between two records of daemon `name`, in a meaningful order: an exit,
-/// then the new state, then replaced instances.
+/// then the new state, then replaced instances beginning to drain (their end is
+/// [`SlotRecorder::retired_gone`]).
 fn changes(name: &str, before: &SlotStatus, after: &SlotStatus) -> Vec<Event> {
     let daemon = |kind: &str, state: &str, pid: u32| Event {
         kind: kind.into(),
@@ -311,11 +343,6 @@ fn changes(name: &str, before: &SlotStatus, after: &SlotStatus) -> Vec<Event> {
     for pid in &after.draining {
         if !before.draining.contains(pid) {
             events.push(daemon("retired", "draining", *pid));
-        }
-    }
-    for pid in &before.draining {
-        if !after.draining.contains(pid) {
-            events.push(daemon("retired", "exited", *pid));
         }
     }
     events

@@ -83,11 +83,15 @@ pub async fn run(
     if let Err(missed) = await_notice(&new, Notice::Prepared, deadline, status, shutdown).await {
         return Err(abandon(&new, old, missed, false, status, shutdown).await);
     }
+    status.step("prepared", new.pid, String::new());
 
     // Phase: release.
     let mut released = false;
     if let Some(old) = old {
         released = release(name, old).await;
+        if released {
+            status.step("released", old.pid, String::new());
+        }
     }
 
     // Phase: acquire.

@@ -456,7 +456,7 @@ impl Supervision {
             tokio::select! {
                 how = stopping::drain(&instance, patience, &shutdown) => {
                     tracing::info!(daemon = name, pid, "replaced instance {how}");
-                    status.send_modify(|s| s.draining.retain(|p| *p != pid));
+                    status.retired_gone(pid, how);
                     None
                 }
                 // Handed across the exec, still draining.

@@ -53,6 +53,9 @@ fn a_watcher_sees_the_state_then_a_kill_recovery_and_a_handover_in_order() {
     assert_eq!(starting["state"], "starting", "{starting}");
     let new = pid(&starting);
     assert!(new > 0 && new != old, "{starting}");
+    let prepared = watcher.until("dnsd prepared", WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(is(&prepared, "daemon", "dnsd", "prepared"), "{prepared}");
+    assert_eq!(pid(&prepared), new);
     let ready = watcher.until("dnsd ready", WITHIN, |e| e["daemon"] == "dnsd");
     assert!(is(&ready, "daemon", "dnsd", "ready"), "{ready}");
     assert_eq!(pid(&ready), new);
@@ -62,17 +65,15 @@ fn a_watcher_sees_the_state_then_a_kill_recovery_and_a_handover_in_order() {
     let running = watcher.until("the restart", WITHIN, |e| e["kind"] == "restart");
     assert!(is(&running, "restart", "dnsd", "running"), "{running}");
     let id = running["id"].as_u64().unwrap();
-    let handed = watcher.until("the new dnsd", WITHIN, |e| e["daemon"] == "dnsd");
-    assert!(
-        is(&handed, "daemon", "dnsd", "starting") || is(&handed, "daemon", "dnsd", "ready"),
-        "{handed}"
-    );
-    let serving = if is(&handed, "daemon", "dnsd", "ready") {
-        handed
-    } else {
-        watcher.until("dnsd ready", WITHIN, |e| is(e, "daemon", "dnsd", "ready"))
-    };
-    let third = pid(&serving);
+    let prepared = watcher.until("the new dnsd prepared", WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(is(&prepared, "daemon", "dnsd", "prepared"), "{prepared}");
+    let third = pid(&prepared);
+    let released = watcher.until("the old dnsd released", WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(is(&released, "daemon", "dnsd", "released"), "{released}");
+    assert_eq!(pid(&released), new);
+    let serving = watcher.until("the new dnsd ready", WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(is(&serving, "daemon", "dnsd", "ready"), "{serving}");
+    assert_eq!(pid(&serving), third);
     assert_ne!(third, new);
     let retired = watcher.until("the old dnsd retired", WITHIN, |e| e["daemon"] == "dnsd");
     assert!(is(&retired, "retired", "dnsd", "draining"), "{retired}");
@@ -82,9 +83,10 @@ fn a_watcher_sees_the_state_then_a_kill_recovery_and_a_handover_in_order() {
     assert_eq!(done["id"].as_u64(), Some(id));
     assert_eq!(pid(&done), third);
     assert_eq!(stack.ready_pid("dnsd"), Some(third));
-    watcher.until("the old dnsd gone", WITHIN, |e| {
+    let gone = watcher.until("the old dnsd gone", WITHIN, |e| {
         is(e, "retired", "dnsd", "exited") && pid(e) == new
     });
+    assert!(!gone["detail"].as_str().unwrap_or("").is_empty(), "{gone}");
 
     // Numbered in order: the current state at the number it was taken at, then each
     // event one more.
