@@ -14,6 +14,13 @@ use serde_json::Value;
 /// A bound on each awaited event, not a speed goal.
 const WITHIN: Duration = Duration::from_secs(20);
 
+/// The next event about dnsd, which must be of `kind` and `state`.
+fn next_dnsd(watcher: &mut Watcher, kind: &str, state: &str) -> Value {
+    let event = watcher.until(state, WITHIN, |e| e["daemon"] == "dnsd");
+    assert!(is(&event, kind, "dnsd", state), "{event}");
+    event
+}
+
 fn pid(event: &Value) -> u32 {
     event["pid"].as_u64().unwrap_or(0) as u32
 }
@@ -44,40 +51,26 @@ fn a_watcher_sees_the_state_then_a_kill_recovery_and_a_handover_in_order() {
         exited["detail"].as_str().unwrap().contains("SIGKILL"),
         "{exited}"
     );
-    let backoff = watcher.until("dnsd backoff", WITHIN, |e| e["daemon"] == "dnsd");
-    assert_eq!(backoff["state"], "backoff", "{backoff}");
+    let backoff = next_dnsd(&mut watcher, "daemon", "backoff");
     assert!(
         backoff["next_start_unix_ms"].as_u64().unwrap() >= backoff["unix_ms"].as_u64().unwrap()
     );
-    let starting = watcher.until("dnsd starting", WITHIN, |e| e["daemon"] == "dnsd");
-    assert_eq!(starting["state"], "starting", "{starting}");
+    let starting = next_dnsd(&mut watcher, "daemon", "starting");
     let new = pid(&starting);
     assert!(new > 0 && new != old, "{starting}");
-    let prepared = watcher.until("dnsd prepared", WITHIN, |e| e["daemon"] == "dnsd");
-    assert!(is(&prepared, "daemon", "dnsd", "prepared"), "{prepared}");
-    assert_eq!(pid(&prepared), new);
-    let ready = watcher.until("dnsd ready", WITHIN, |e| e["daemon"] == "dnsd");
-    assert!(is(&ready, "daemon", "dnsd", "ready"), "{ready}");
-    assert_eq!(pid(&ready), new);
+    assert_eq!(pid(&next_dnsd(&mut watcher, "daemon", "prepared")), new);
+    assert_eq!(pid(&next_dnsd(&mut watcher, "daemon", "ready")), new);
 
     // A requested restart: a hand-over from the serving instance.
     stack.ctl_ok(&["restart", "dnsd"]);
     let running = watcher.until("the restart", WITHIN, |e| e["kind"] == "restart");
     assert!(is(&running, "restart", "dnsd", "running"), "{running}");
     let id = running["id"].as_u64().unwrap();
-    let prepared = watcher.until("the new dnsd prepared", WITHIN, |e| e["daemon"] == "dnsd");
-    assert!(is(&prepared, "daemon", "dnsd", "prepared"), "{prepared}");
-    let third = pid(&prepared);
-    let released = watcher.until("the old dnsd released", WITHIN, |e| e["daemon"] == "dnsd");
-    assert!(is(&released, "daemon", "dnsd", "released"), "{released}");
-    assert_eq!(pid(&released), new);
-    let serving = watcher.until("the new dnsd ready", WITHIN, |e| e["daemon"] == "dnsd");
-    assert!(is(&serving, "daemon", "dnsd", "ready"), "{serving}");
-    assert_eq!(pid(&serving), third);
+    let third = pid(&next_dnsd(&mut watcher, "daemon", "prepared"));
+    assert_eq!(pid(&next_dnsd(&mut watcher, "daemon", "released")), new);
+    assert_eq!(pid(&next_dnsd(&mut watcher, "daemon", "ready")), third);
     assert_ne!(third, new);
-    let retired = watcher.until("the old dnsd retired", WITHIN, |e| e["daemon"] == "dnsd");
-    assert!(is(&retired, "retired", "dnsd", "draining"), "{retired}");
-    assert_eq!(pid(&retired), new);
+    assert_eq!(pid(&next_dnsd(&mut watcher, "retired", "draining")), new);
     let done = watcher.until("the restart's end", WITHIN, |e| e["kind"] == "restart");
     assert!(is(&done, "restart", "dnsd", "done"), "{done}");
     assert_eq!(done["id"].as_u64(), Some(id));
