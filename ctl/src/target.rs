@@ -48,7 +48,8 @@ impl Target {
     }
 
     /// Connects to the supervisor for a call that may take as long as it takes (a
-    /// restart waits for the new instance, bounded by the supervisor itself).
+    /// restart waits for the new instance, bounded by the supervisor itself; a watch
+    /// follows the stack until it ends).
     pub async fn supervisor_unbounded(&self) -> anyhow::Result<Channel> {
         connect(&self.control, "the supervisor", None).await
     }

@@ -9,7 +9,7 @@ use crate::target::Target;
 
 /// Prints one line per event (a JSON object with `json`) until Ctrl-C or the stream ends.
 pub async fn watch(target: &Target, as_json: bool) -> anyhow::Result<()> {
-    let mut client = SupervisorClient::new(target.supervisor().await?);
+    let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
     let mut stream = client
         .watch(WatchRequest {})
         .await

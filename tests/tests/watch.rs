@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use securely_tests::watcher::{Watcher, is};
@@ -159,11 +160,31 @@ fn a_watcher_that_never_reads_holds_up_neither_restarts_nor_the_stop() {
     }
     let status = stack.daemon_status("dnsd").unwrap();
     assert_eq!(status["restarts"], RESTARTS, "{status}");
-    // A reading watcher still gets the current state.
+    // A reading watcher still gets the current state, and so does one printing lines.
     let mut watcher = Watcher::start(&stack);
     watcher.until("the phase", WITHIN, |e| is(e, "phase", "", "running"));
+    let mut plain = KillOnDrop(
+        Command::new(bin("securelyctl"))
+            .arg("--socket")
+            .arg(stack.control_socket())
+            .arg("watch")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run securelyctl watch"),
+    );
+    let mut lines = BufReader::new(plain.0.stdout.take().expect("piped")).lines();
+    let first = lines.next().expect("a first line").expect("text");
     stack.ctl_ok(&["stop"]);
     assert!(watcher.ended_ok(WITHIN), "{:#?}", watcher.seen);
+    // The stream has ended: the rest of its lines are there.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(first.contains(" supervisor phase running pid="), "{first}");
+    assert!(
+        rest.last()
+            .is_some_and(|l| l.contains(" supervisor phase terminated")),
+        "{rest:#?}"
+    );
+    assert!(plain.0.wait().expect("wait").success());
     assert!(
         !stack.log().contains("cutting gRPC calls short"),
         "{}",
