@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::sockets::CarriedSockets;
-use crate::state::UpgradeRecord;
+use crate::upgrades::UpgradeRecord;
 
 /// The variable carrying the state across the exec.
 pub const STATE_ENV: &str = "SECURELY_UPGRADE_STATE";

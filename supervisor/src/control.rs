@@ -18,8 +18,8 @@ use crate::operation::{Busy, Operation, Operations};
 use crate::serving::Serving;
 use crate::slot::ReplaceError;
 use crate::stack::Stack;
-use crate::state::Upgrades;
 use crate::trigger::{Refused, UpgradeTrigger};
+use crate::upgrades::Upgrades;
 
 /// How long calls in flight get when the control server stops (the supervisor exits or
 /// re-executes).

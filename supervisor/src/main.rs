@@ -41,6 +41,7 @@ mod stopping;
 mod sys;
 mod trigger;
 mod upgrade;
+mod upgrades;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -60,7 +61,7 @@ use crate::operation::Operations;
 use crate::pidfile::PidFile;
 use crate::serving::{Beginning, Serving};
 use crate::sockets::StackSockets;
-use crate::state::Upgrades;
+use crate::upgrades::Upgrades;
 
 fn main() -> ExitCode {
     ensure_stdio();

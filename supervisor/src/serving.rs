@@ -13,7 +13,7 @@ use crate::carried::ExportedSlot;
 use crate::operation::{OperationGuard, Operations};
 use crate::pidfile::PidFile;
 use crate::sockets::StackSockets;
-use crate::state::Upgrades;
+use crate::upgrades::Upgrades;
 
 /// Everything the serve phase runs with.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use crate::pidfile::PidFile;
 use crate::serving::{Beginning, Serving};
 use crate::sockets::StackSockets;
 use crate::stack::Stack;
-use crate::state::Upgrades;
+use crate::upgrades::Upgrades;
 
 /// Takes over what the previous image carried: its sockets (adopted under the settings
 /// file read again, or under the previous settings if the new ones cannot be used, which
