@@ -7,6 +7,7 @@ mod dns;
 mod docs;
 mod doctor;
 mod errors;
+mod follow;
 mod output;
 mod queue;
 mod sites;
@@ -41,10 +42,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restart one daemon and wait until the new instance serves.
+    /// Restart one daemon and wait until the new instance serves, printing the restart's
+    /// events as they happen.
     Restart {
         /// proxyd, dnsd or queued.
         daemon: String,
+        /// Print only the result.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Check that the system resolver sends the dev TLD to dnsd, and name the fix if not.
     Doctor,
@@ -67,8 +72,13 @@ enum Command {
         json: bool,
     },
     /// Upgrade the whole stack in place to the installed binaries and the settings file
-    /// (like SIGQUIT), and wait for the result.
-    Reload,
+    /// (like SIGQUIT), and wait for the result, printing the upgrade's events up to the
+    /// supervisor's exec.
+    Reload {
+        /// Print only the result.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Stop the whole stack and wait until it is gone.
     Stop {
         /// Stop at once instead of letting in-flight work finish (like SIGINT).
@@ -255,8 +265,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Doctor => doctor::doctor(&target, cli.conf.as_deref()).await,
         Command::Status { json } => stack::status(&target, json).await,
-        Command::Restart { daemon } => stack::restart(&target, &daemon).await,
-        Command::Reload => stack::reload(&target).await,
+        Command::Restart { daemon, quiet } => stack::restart(&target, &daemon, quiet).await,
+        Command::Reload { quiet } => stack::reload(&target, quiet).await,
         Command::Watch { json } => watch::watch(&target, json).await,
         Command::Stop { fast, no_wait } => stack::stop(&target, fast, no_wait).await,
         Command::SiteLink {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::errors;
+use crate::follow;
 use crate::output;
 use crate::target::Target;
 
@@ -114,15 +115,18 @@ fn upgrade_json(u: &UpgradeStatus) -> serde_json::Value {
     json!({ "id": u.id, "state": u.state, "detail": u.detail, "took_ms": u.took_ms })
 }
 
-pub async fn restart(target: &Target, daemon: &str) -> anyhow::Result<()> {
+pub async fn restart(target: &Target, daemon: &str, quiet: bool) -> anyhow::Result<()> {
     let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
-    let reply = client
-        .restart(RestartRequest {
-            daemon: daemon.to_string(),
-        })
-        .await
-        .map_err(|s| errors::rpc("supervisor", s))?
-        .into_inner();
+    let call = async move {
+        Ok(client
+            .restart(RestartRequest {
+                daemon: daemon.to_string(),
+            })
+            .await
+            .map_err(|s| errors::rpc("supervisor", s))?
+            .into_inner())
+    };
+    let reply = follow::around(target, quiet, call, follow::restart_of(daemon)).await?;
     match reply.old_pid {
         0 => println!("{daemon} restarted (pid {})", reply.pid),
         old => println!(
@@ -139,17 +143,19 @@ const RELOAD_POLL: Duration = Duration::from_millis(50);
 /// supervisor; this only guards against a supervisor that stops answering).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub async fn reload(target: &Target) -> anyhow::Result<()> {
-    let id = {
-        let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
-        client
+pub async fn reload(target: &Target, quiet: bool) -> anyhow::Result<()> {
+    let client = SupervisorClient::new(target.supervisor_unbounded().await?);
+    let call = async move {
+        let mut client = client;
+        Ok(client
             .reload(ReloadRequest {})
             .await
             .map_err(|s| errors::rpc("supervisor", s))?
             .into_inner()
-            .id
+            .id)
         // The connection closes here, so the supervisor's control server stops at once.
     };
+    let id = follow::around(target, quiet, call, follow::upgrade()).await?;
     // The supervisor re-executes now: follow the upgrade over new connections.
     let give_up = tokio::time::Instant::now() + RELOAD_TIMEOUT;
     let mut last_error = String::new();

@@ -61,7 +61,7 @@ fn to_json(event: &Event) -> serde_json::Value {
 }
 
 /// `#12 dnsd daemon exited pid=41 (killed by SIGKILL)`.
-fn line(event: &Event) -> String {
+pub(crate) fn line(event: &Event) -> String {
     let who = if event.daemon.is_empty() {
         "supervisor"
     } else {
