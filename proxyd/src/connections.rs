@@ -40,17 +40,26 @@
 //! grace period (and cut short by a fast stop), and while serving such a connection is
 //! dropped after [`FIRST_BYTES_TIMEOUT`].
 //!
-//! Limits: a connection is counted once its task, spawned by pingora's accept loop, first
-//! runs (`cleanup` yields once to let the last ones run); a request header whose first
+//! A connection is counted from the moment pingora's accept loop takes it: the loop asks
+//! [`AcceptCounter`] (pingora's connection filter) before it spawns the connection's task,
+//! and `cleanup`, which runs once every accept loop has ended, first waits until every
+//! connection so accepted has reached the app. Without that, a connection whose task had
+//! not run yet when the last request ended would be dropped with the runtime, unanswered.
+//! A connection that never reaches the app (a TLS handshake that fails) is waited for at
+//! most [`HANDSHAKE_WAIT`].
+//!
+//! Limits: a request header whose first
 //! bytes came before pingora's abort but whose rest had not arrived yet is still cut off
 //! by it (clients send a request header in one piece, so neither is seen in practice);
 //! and a client that sends its next request exactly as the window ends, after a whole
 //! window of silence, races the abort, as with any server that closes idle connections.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pingora::apps::ServerApp;
+use pingora::listeners::ConnectionFilter;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use securely_core::drain::InFlight;
@@ -64,9 +73,17 @@ pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
 /// bring one more request (answered, then closed) before the idle ones are closed.
 pub const KEEPALIVE_CLOSE_WINDOW: Duration = Duration::from_secs(1);
 
+/// During a drain, how long connections accepted before the stop get to reach the app
+/// (their task to run, their TLS handshake to end): far above what a live client needs.
+pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
+
 /// The proxy's client connections, shared by the app and the control plane.
 #[derive(Debug)]
 pub struct Connections {
+    /// Connections pingora's accept loops have taken (counted before their task spawns).
+    accepted: AtomicU64,
+    /// Of those, how many have reached the app.
+    reached_app: watch::Sender<u64>,
     open: Arc<InFlight>,
     awaiting_first_bytes: Arc<InFlight>,
     service_ended: watch::Sender<bool>,
@@ -76,6 +93,8 @@ impl Connections {
     /// No connection yet; the service runs.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
+            accepted: AtomicU64::new(0),
+            reached_app: watch::channel(0).0,
             open: InFlight::new(),
             awaiting_first_bytes: InFlight::new(),
             service_ended: watch::channel(false).0,
@@ -90,6 +109,24 @@ impl Connections {
     /// Connections whose client has not sent anything yet.
     pub fn awaiting_first_bytes(&self) -> usize {
         self.awaiting_first_bytes.count()
+    }
+
+    /// The connection filter that counts every connection pingora's accept loops take.
+    pub fn accept_counter(self: &Arc<Self>) -> Arc<AcceptCounter> {
+        Arc::new(AcceptCounter(self.clone()))
+    }
+
+    /// Records that one accepted connection has reached the app.
+    fn count_reached_app(&self) {
+        self.reached_app.send_modify(|reached| *reached += 1);
+    }
+
+    /// Resolves once every connection accepted so far has reached the app.
+    async fn all_accepted_reached_app(&self) {
+        let accepted = self.accepted.load(Ordering::Acquire);
+        let mut reached = self.reached_app.subscribe();
+        // The sender lives in `self`, so the channel cannot close while this waits.
+        let _ = reached.wait_for(|reached| *reached >= accepted).await;
     }
 
     /// Records that pingora's service has returned: its accept loops have ended and its
@@ -124,6 +161,19 @@ impl Drop for ServiceEnd {
     }
 }
 
+/// pingora's connection filter, which its accept loop asks about every connection before
+/// it spawns the connection's task: accepts them all, counting them.
+#[derive(Debug)]
+pub struct AcceptCounter(Arc<Connections>);
+
+#[async_trait::async_trait]
+impl ConnectionFilter for AcceptCounter {
+    async fn should_accept(&self, _peer: Option<&std::net::SocketAddr>) -> bool {
+        self.0.accepted.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+}
+
 /// pingora's app `A`, counting its connections in [`Connections`] and holding pingora's
 /// cleanup back until every new connection has had its first bytes, no request is in
 /// flight, and kept-alive connections have had their window.
@@ -147,9 +197,14 @@ impl<A> DrainAwareApp<A> {
     /// Resolves when pingora may abort the sessions waiting for a request: see the
     /// module's documentation.
     async fn quiet(&self) {
-        // A connection accepted just before the accept loops ended may not have reached
-        // `process_new` yet: let it run first.
-        tokio::task::yield_now().await;
+        // Every accept loop has ended: a connection accepted just before may not have
+        // reached `process_new` yet.
+        if tokio::time::timeout(HANDSHAKE_WAIT, self.connections.all_accepted_reached_app())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections accepted before the stop never reached the proxy");
+        }
         self.connections.awaiting_first_bytes.idle().await;
         self.requests.idle().await;
         let _ = tokio::time::timeout(KEEPALIVE_CLOSE_WINDOW, self.connections.open.idle()).await;
@@ -169,6 +224,8 @@ where
         let _open = self.connections.open.enter();
         {
             let _awaiting = self.connections.awaiting_first_bytes.enter();
+            // Counted only now, so that a drain that saw it reach the app sees it awaiting.
+            self.connections.count_reached_app();
             // pingora's L4 stream reads the byte and puts it back for the request parser.
             let mut first = [0u8; 1];
             match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.try_peek(&mut first)).await {
@@ -214,5 +271,19 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), connections.drained())
             .await
             .expect("drained");
+    }
+
+    #[tokio::test]
+    async fn a_drain_waits_for_accepted_connections_to_reach_the_app() {
+        let connections = Connections::new();
+        let counter = connections.accept_counter();
+        assert!(counter.should_accept(None).await, "every connection is accepted");
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(20), connections.all_accepted_reached_app());
+        assert!(waiting.await.is_err(), "the accepted connection has not reached the app");
+        connections.count_reached_app();
+        tokio::time::timeout(Duration::from_secs(1), connections.all_accepted_reached_app())
+            .await
+            .expect("every accepted connection reached the app");
     }
 }

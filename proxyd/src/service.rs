@@ -72,6 +72,7 @@ impl ProxyService {
         let requests = proxy.requests();
         let app = DrainAwareApp::new(http_proxy(conf, proxy), connections.clone(), requests);
         let mut inner = Service::new(SERVICE_NAME.to_string(), app);
+        inner.set_connection_filter(connections.accept_counter());
         for listener in &listeners {
             inner.add_tcp(&listener.key());
         }
