@@ -1,12 +1,15 @@
 //! `restart` and `reload` print their own operation's events as they happen: a Watch
 //! stream is opened before the request, and the events that belong to the operation are
-//! printed (in `watch`'s plain format) while the request runs.
+//! printed (in `watch`'s plain format, or its JSON lines) while the request runs. A reload
+//! goes on after the supervisor's exec: a new Watch on the new image continues after the
+//! last event seen, up to the upgrade's end.
 
 use std::future::Future;
 use std::time::Duration;
 
 use securely_proto::supervisor::supervisor_client::SupervisorClient;
 use securely_proto::supervisor::{Event, WatchRequest};
+use tokio::time::Instant;
 use tonic::Streaming;
 
 use crate::target::Target;
@@ -16,6 +19,47 @@ use crate::watch;
 /// supervisor publishes an operation's end before it answers; this bounds a refusal that
 /// published nothing).
 const AFTER_REPLY: Duration = Duration::from_millis(500);
+/// How long to wait before watching the new image again when a Watch could not be
+/// opened or broke off (the supervisor is between its images).
+const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
+
+/// How `restart` and `reload` print.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Printing {
+    /// Only the result, no events.
+    pub quiet: bool,
+    /// JSON lines (as `watch --json`) instead of plain lines.
+    pub json: bool,
+}
+
+impl Printing {
+    /// Prints one event.
+    fn event(self, event: &Event) {
+        if self.json {
+            println!("{}", watch::to_json(event));
+        } else {
+            println!("{}", watch::line(event));
+        }
+    }
+
+    /// Prints `event` if `pick` picks it; whether it is the operation's end.
+    fn picked(self, event: &Event, pick: &mut impl FnMut(&Event) -> Pick) -> bool {
+        let picked = pick(event);
+        if !matches!(picked, Pick::Skip) {
+            self.event(event);
+        }
+        matches!(picked, Pick::End)
+    }
+
+    /// Prints the result: `plain`, or `json` as one line.
+    pub fn result(self, plain: &str, json: serde_json::Value) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{plain}");
+        }
+    }
+}
 
 /// What to do with one event.
 pub(crate) enum Pick {
@@ -27,22 +71,28 @@ pub(crate) enum Pick {
     End,
 }
 
-/// Runs `call` and, unless `quiet`, prints the events `pick` selects until `pick` sees the
-/// end, the stream ends, `call` fails, or [`AFTER_REPLY`] after `call` answered. Returns `call`'s
-/// result; without a Watch stream it only runs `call`.
+/// Runs `call` and, unless quiet, prints the events `pick` selects until `pick` sees the
+/// end, the stream ends, `call` fails, or [`AFTER_REPLY`] after `call` answered. Returns
+/// `call`'s result and the number of the last event read (0: none); without a Watch
+/// stream it only runs `call`.
 pub(crate) async fn around<T>(
     target: &Target,
-    quiet: bool,
+    printing: Printing,
     call: impl Future<Output = anyhow::Result<T>>,
     mut pick: impl FnMut(&Event) -> Pick,
-) -> anyhow::Result<T> {
-    let stream = if quiet { None } else { open(target).await };
+) -> anyhow::Result<(T, u64)> {
+    let stream = if printing.quiet {
+        None
+    } else {
+        open(target, 0).await
+    };
     let Some(mut stream) = stream else {
-        return call.await;
+        return Ok((call.await?, 0));
     };
     tokio::pin!(call);
     let mut result = None;
     let mut stop_at = None;
+    let mut last_seq = 0;
     loop {
         let give_up = async {
             match stop_at {
@@ -58,33 +108,65 @@ pub(crate) async fn around<T>(
                 if refused {
                     break;
                 }
-                stop_at = Some(tokio::time::Instant::now() + AFTER_REPLY);
+                stop_at = Some(Instant::now() + AFTER_REPLY);
             }
             next = stream.message() => match next {
-                Ok(Some(event)) => match pick(&event) {
-                    Pick::Skip => {}
-                    Pick::Print => println!("{}", watch::line(&event)),
-                    Pick::End => {
-                        println!("{}", watch::line(&event));
+                Ok(Some(event)) => {
+                    last_seq = event.seq;
+                    if printing.picked(&event, &mut pick) {
                         break;
                     }
-                },
+                }
                 _ => break,
             },
             _ = give_up => break,
         }
     }
-    match result {
+    let done = match result {
         Some(done) => done,
         None => call.await,
-    }
+    };
+    Ok((done?, last_seq))
 }
 
-/// A Watch stream on the supervisor, or `None` if it cannot be opened (the operation
-/// then runs without its events).
-async fn open(target: &Target) -> Option<Streaming<Event>> {
+/// After the supervisor's exec: prints the events `pick` selects from the new image (or
+/// from the same one, had the exec failed), continuing after event `after_seq`, until
+/// `pick` sees the end or `give_up`. Watches again whenever a stream cannot be opened or
+/// ends (each stream ends at an exec). Returns whether the end was seen.
+pub(crate) async fn resumed(
+    target: &Target,
+    printing: Printing,
+    mut after_seq: u64,
+    give_up: Instant,
+    mut pick: impl FnMut(&Event) -> Pick,
+) -> bool {
+    while Instant::now() < give_up {
+        let Some(mut stream) = open(target, after_seq).await else {
+            tokio::time::sleep(RECONNECT_PAUSE).await;
+            continue;
+        };
+        loop {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                () = tokio::time::sleep_until(give_up) => return false,
+            };
+            let Ok(Some(event)) = next else { break };
+            after_seq = event.seq;
+            if printing.picked(&event, &mut pick) {
+                return true;
+            }
+        }
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+    false
+}
+
+/// A Watch stream on the supervisor after event `after_seq` (0: from the current state),
+/// or `None` if it cannot be opened.
+async fn open(target: &Target, after_seq: u64) -> Option<Streaming<Event>> {
     let mut client = SupervisorClient::new(target.supervisor_unbounded().await.ok()?);
-    Some(client.watch(WatchRequest {}).await.ok()?.into_inner())
+    let request = WatchRequest { after_seq };
+    Some(client.watch(request).await.ok()?.into_inner())
 }
 
 /// The events of a restart of `daemon`: the restart's own (by its id, learnt from its
@@ -97,13 +179,16 @@ pub(crate) fn restart_of(daemon: &str) -> impl FnMut(&Event) -> Pick + '_ {
             Pick::Print
         }
         "restart" if Some(event.id) == id => Pick::End,
-        "daemon" | "retired" if id.is_some() && event.daemon == daemon => Pick::Print,
+        "daemon" | "daemon_phase" | "retired" if id.is_some() && event.daemon == daemon => {
+            Pick::Print
+        }
         _ => Pick::Skip,
     }
 }
 
-/// The events of an upgrade: from its `upgrading` phase or its begin, every phase, daemon
-/// and upgrade event until the upgrade's end or the exec (`re_executing`).
+/// The events of an upgrade up to the exec: from its `upgrading` phase or its begin,
+/// every phase, daemon and upgrade event until the upgrade's end or the exec
+/// (`re_executing`).
 pub(crate) fn upgrade() -> impl FnMut(&Event) -> Pick {
     let mut started = false;
     move |event| match (event.kind.as_str(), event.state.as_str()) {
@@ -114,7 +199,17 @@ pub(crate) fn upgrade() -> impl FnMut(&Event) -> Pick {
         _ if !started => Pick::Skip,
         ("phase", "re_executing") => Pick::End,
         ("upgrade", _) => Pick::End,
-        ("phase" | "daemon" | "retired", _) => Pick::Print,
+        ("phase" | "daemon" | "daemon_phase" | "retired", _) => Pick::Print,
+        _ => Pick::Skip,
+    }
+}
+
+/// The events of upgrade `id` after the exec: every phase, daemon, upgrade and lagged
+/// event up to the upgrade's end (not the current state a Watch may start with).
+pub(crate) fn upgrade_resumed(id: u64) -> impl FnMut(&Event) -> Pick {
+    move |event| match event.kind.as_str() {
+        "upgrade" if event.id == id && event.state != "running" => Pick::End,
+        "phase" | "daemon" | "daemon_phase" | "retired" | "upgrade" | "lagged" => Pick::Print,
         _ => Pick::Skip,
     }
 }

@@ -43,13 +43,16 @@ enum Command {
         json: bool,
     },
     /// Restart one daemon and wait until the new instance serves, printing the restart's
-    /// events as they happen.
+    /// events as they happen, then the result.
     Restart {
         /// proxyd, dnsd or queued.
         daemon: String,
         /// Print only the result.
         #[arg(long, short)]
         quiet: bool,
+        /// Print the events and the result as JSON lines (the events as `watch --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Check that the system resolver sends the dev TLD to dnsd, and name the fix if not.
     Doctor,
@@ -65,19 +68,23 @@ enum Command {
         dir: PathBuf,
     },
     /// Follow the stack: its current state, then one line per event (supervisor phase,
-    /// daemon state, restart, upgrade) until Ctrl-C or the supervisor stops.
+    /// daemon state, restart, upgrade) until Ctrl-C, the supervisor stops, or it
+    /// re-executes for an upgrade.
     Watch {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
     },
     /// Upgrade the whole stack in place to the installed binaries and the settings file
-    /// (like SIGQUIT), and wait for the result, printing the upgrade's events up to the
-    /// supervisor's exec.
+    /// (like SIGQUIT), and wait for the result, printing the upgrade's events as they
+    /// happen (before the supervisor's exec, then from its new image), then the result.
     Reload {
         /// Print only the result.
         #[arg(long, short)]
         quiet: bool,
+        /// Print the events and the result as JSON lines (the events as `watch --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Stop the whole stack and wait until it is gone.
     Stop {
@@ -265,8 +272,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { .. } | Command::Man { .. } => Ok(()),
         Command::Doctor => doctor::doctor(&target, cli.conf.as_deref()).await,
         Command::Status { json } => stack::status(&target, json).await,
-        Command::Restart { daemon, quiet } => stack::restart(&target, &daemon, quiet).await,
-        Command::Reload { quiet } => stack::reload(&target, quiet).await,
+        Command::Restart {
+            daemon,
+            quiet,
+            json,
+        } => stack::restart(&target, &daemon, follow::Printing { quiet, json }).await,
+        Command::Reload { quiet, json } => {
+            stack::reload(&target, follow::Printing { quiet, json }).await
+        }
         Command::Watch { json } => watch::watch(&target, json).await,
         Command::Stop { fast, no_wait } => stack::stop(&target, fast, no_wait).await,
         Command::SiteLink {

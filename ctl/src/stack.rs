@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::errors;
-use crate::follow;
+use crate::follow::{self, Printing};
 use crate::output;
 use crate::target::Target;
 
@@ -115,7 +115,7 @@ fn upgrade_json(u: &UpgradeStatus) -> serde_json::Value {
     json!({ "id": u.id, "state": u.state, "detail": u.detail, "took_ms": u.took_ms })
 }
 
-pub async fn restart(target: &Target, daemon: &str, quiet: bool) -> anyhow::Result<()> {
+pub async fn restart(target: &Target, daemon: &str, printing: Printing) -> anyhow::Result<()> {
     let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
     let call = async move {
         Ok(client
@@ -126,14 +126,19 @@ pub async fn restart(target: &Target, daemon: &str, quiet: bool) -> anyhow::Resu
             .map_err(|s| errors::rpc("supervisor", s))?
             .into_inner())
     };
-    let reply = follow::around(target, quiet, call, follow::restart_of(daemon)).await?;
-    match reply.old_pid {
-        0 => println!("{daemon} restarted (pid {})", reply.pid),
-        old => println!(
+    let (reply, _) = follow::around(target, printing, call, follow::restart_of(daemon)).await?;
+    let plain = match reply.old_pid {
+        0 => format!("{daemon} restarted (pid {})", reply.pid),
+        old => format!(
             "{daemon} restarted (pid {}; pid {old} finishes its in-flight work)",
             reply.pid
         ),
-    }
+    };
+    let old_pid = (reply.old_pid != 0).then_some(reply.old_pid);
+    printing.result(
+        &plain,
+        json!({ "kind": "result", "daemon": daemon, "state": "restarted", "pid": reply.pid, "old_pid": old_pid }),
+    );
     Ok(())
 }
 
@@ -143,7 +148,7 @@ const RELOAD_POLL: Duration = Duration::from_millis(50);
 /// supervisor; this only guards against a supervisor that stops answering).
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub async fn reload(target: &Target, quiet: bool) -> anyhow::Result<()> {
+pub async fn reload(target: &Target, printing: Printing) -> anyhow::Result<()> {
     let client = SupervisorClient::new(target.supervisor_unbounded().await?);
     let call = async move {
         let mut client = client;
@@ -155,27 +160,43 @@ pub async fn reload(target: &Target, quiet: bool) -> anyhow::Result<()> {
             .id)
         // The connection closes here, so the supervisor's control server stops at once.
     };
-    let id = follow::around(target, quiet, call, follow::upgrade()).await?;
-    // The supervisor re-executes now: follow the upgrade over new connections.
+    let (id, last_seq) = follow::around(target, printing, call, follow::upgrade()).await?;
     let give_up = tokio::time::Instant::now() + RELOAD_TIMEOUT;
+    if !printing.quiet {
+        // The supervisor re-executes now: its new image's events, up to the upgrade's end.
+        follow::resumed(
+            target,
+            printing,
+            last_seq,
+            give_up,
+            follow::upgrade_resumed(id),
+        )
+        .await;
+    }
+    // The result, from `status` (also when the events could not be followed).
     let mut last_error = String::new();
     while tokio::time::Instant::now() < give_up {
-        tokio::time::sleep(RELOAD_POLL).await;
         let upgrade = match upgrade_status(target).await {
             Ok(upgrade) => upgrade,
             Err(e) => {
                 last_error = format!("{e:#}");
+                tokio::time::sleep(RELOAD_POLL).await;
                 continue;
             }
         };
         if upgrade.id != id || upgrade.state == "running" {
+            tokio::time::sleep(RELOAD_POLL).await;
             continue;
         }
         if upgrade.state == "done" {
-            println!(
+            let plain = format!(
                 "reloaded in {}: {}",
                 output::duration_ms(upgrade.took_ms),
                 upgrade.detail
+            );
+            printing.result(
+                &plain,
+                json!({ "kind": "result", "state": "reloaded", "id": id, "took_ms": upgrade.took_ms, "detail": upgrade.detail }),
             );
             return Ok(());
         }

@@ -11,7 +11,7 @@ use crate::target::Target;
 pub async fn watch(target: &Target, as_json: bool) -> anyhow::Result<()> {
     let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
     let mut stream = client
-        .watch(WatchRequest {})
+        .watch(WatchRequest::default())
         .await
         .map_err(|s| errors::rpc("supervisor", s))?
         .into_inner();
@@ -28,7 +28,7 @@ pub async fn watch(target: &Target, as_json: bool) -> anyhow::Result<()> {
     }
 }
 
-fn to_json(event: &Event) -> serde_json::Value {
+pub(crate) fn to_json(event: &Event) -> serde_json::Value {
     let mut value = json!({
         "seq": event.seq,
         "unix_ms": event.unix_ms,

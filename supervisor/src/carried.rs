@@ -1,6 +1,6 @@
 //! What one image of the supervisor hands the next across an upgrade's exec: the
 //! sockets and each daemon's instances by fd and pid, the upgrade in progress, the
-//! settings it ran with. It travels as JSON in [`STATE_ENV`]; every fd it names is left
+//! events' numbers, the settings it ran with. It travels as JSON in [`STATE_ENV`]; every fd it names is left
 //! open (without close-on-exec) for the next image.
 
 use std::collections::HashMap;
@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
+use crate::events::CarriedEvents;
 use crate::sockets::CarriedSockets;
 use crate::upgrades::UpgradeRecord;
 
@@ -26,6 +27,8 @@ pub struct CarriedState {
     pub slots: HashMap<String, ExportedSlot>,
     /// The upgrade in progress.
     pub upgrade: UpgradeRecord,
+    /// Where the events' numbers are (0 from an image that did not carry them).
+    pub events: CarriedEvents,
     /// The settings the stack ran with, as YAML (used again if the new ones cannot be).
     pub previous_settings: String,
     /// The pid file (already written, same pid).

@@ -68,7 +68,10 @@ impl ControlService {
 impl Supervisor for ControlService {
     type WatchStream = events::WatchStream;
 
-    async fn watch(&self, _: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let slots: Vec<_> = self
             .stack
             .slots()
@@ -77,6 +80,7 @@ impl Supervisor for ControlService {
             .collect();
         Ok(Response::new(events::stream(
             self.upgrades.events(),
+            request.into_inner().after_seq,
             &slots,
         )))
     }

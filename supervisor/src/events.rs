@@ -4,6 +4,7 @@
 //! [`Events::publish`]. A watcher that falls behind misses events (it is told how many),
 //! it never holds the supervisor up.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::state::{DaemonState, SlotStatus};
 
-/// Events kept for watchers that have not read them yet; beyond that, the slowest miss
-/// the oldest.
+/// Events kept for watchers that have not read them yet (beyond that, the slowest miss
+/// the oldest), and for watchers that continue after an event they saw.
 pub const BACKLOG: usize = 256;
 
 /// The supervisor's phase.
@@ -56,6 +57,18 @@ struct Inner {
     phase: Phase,
     restarts: u64,
     sender: broadcast::Sender<Event>,
+    /// The last [`BACKLOG`] events, for a watcher that continues after one it saw.
+    recent: VecDeque<Event>,
+}
+
+/// What the next image of the supervisor continues from after an upgrade's exec.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct CarriedEvents {
+    /// The last event's number.
+    pub seq: u64,
+    /// Restarts numbered so far.
+    pub restarts: u64,
 }
 
 /// The event hub: numbers events and sends them to every watcher.
@@ -72,18 +85,33 @@ impl std::fmt::Debug for Events {
 
 impl Default for Events {
     fn default() -> Self {
-        Self {
-            inner: Arc::new(Mutex::new(Inner {
-                seq: 0,
-                phase: Phase::Bootstrap,
-                restarts: 0,
-                sender: broadcast::channel(BACKLOG).0,
-            })),
-        }
+        Self::carried(CarriedEvents::default())
     }
 }
 
 impl Events {
+    /// A hub that numbers on from what a previous image carried across the exec.
+    pub fn carried(carried: CarriedEvents) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                seq: carried.seq,
+                phase: Phase::Bootstrap,
+                restarts: carried.restarts,
+                sender: broadcast::channel(BACKLOG).0,
+                recent: VecDeque::with_capacity(BACKLOG),
+            })),
+        }
+    }
+
+    /// What the next image continues from.
+    pub fn carry(&self) -> CarriedEvents {
+        let inner = self.lock();
+        CarriedEvents {
+            seq: inner.seq,
+            restarts: inner.restarts,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -119,23 +147,46 @@ impl Events {
         inner.restarts
     }
 
-    /// A new watcher: the current state (the supervisor's phase, then each of
-    /// `slots`' status, by name), and a receiver of every later event. Both are taken
-    /// together, so nothing is missed or seen twice.
+    /// A new watcher: what it starts with, and a receiver of every later event. Both
+    /// are taken together, so nothing is missed or seen twice. It starts with the events
+    /// after `after_seq` when that is an event this hub numbered and still holds (or
+    /// numbered last); else, with the current state (the supervisor's phase, then each of
+    /// `slots`' status, by name), after a "lagged" event if events after `after_seq` are
+    /// lost.
     pub fn watch(
         &self,
+        after_seq: u64,
         slots: &[(&'static str, watch::Receiver<SlotStatus>)],
     ) -> (Vec<Event>, broadcast::Receiver<Event>) {
         let inner = self.lock();
+        let receiver = inner.sender.subscribe();
+        let oldest_held = inner.recent.front().map_or(inner.seq + 1, |e| e.seq);
+        if after_seq != 0 && after_seq <= inner.seq && after_seq + 1 >= oldest_held {
+            let since: Vec<Event> = inner
+                .recent
+                .iter()
+                .filter(|e| e.seq > after_seq)
+                .cloned()
+                .collect();
+            return (since, receiver);
+        }
         let stamp = |mut event: Event| {
             event.seq = inner.seq;
             event.unix_ms = unix_ms(SystemTime::now());
             event
         };
-        let mut snapshot = vec![stamp(phase_event(inner.phase))];
+        let mut start = Vec::new();
+        if after_seq != 0 && after_seq < inner.seq {
+            start.push(stamp(Event {
+                kind: "lagged".into(),
+                missed: inner.seq - after_seq,
+                ..Default::default()
+            }));
+        }
+        start.push(stamp(phase_event(inner.phase)));
         for (name, status) in slots {
             let status = status.borrow();
-            snapshot.push(stamp(Event {
+            start.push(stamp(Event {
                 kind: "snapshot".into(),
                 daemon: name.to_string(),
                 state: status.state.as_str().into(),
@@ -145,7 +196,7 @@ impl Events {
                 ..Default::default()
             }));
         }
-        (snapshot, inner.sender.subscribe())
+        (start, receiver)
     }
 }
 
@@ -155,18 +206,20 @@ const STREAM_BUFFER: usize = 16;
 /// The events a `Watch` call streams.
 pub type WatchStream = ReceiverStream<Result<Event, tonic::Status>>;
 
-/// A watcher's stream: the current state, then every event, a "lagged" event where it
-/// fell behind, until the supervisor's phase is "terminated" or "re_executing" (so that
-/// no watcher holds up the control server's stop).
+/// A watcher's stream: what [`Events::watch`] starts it with, then every event, a
+/// "lagged" event where it fell behind, up to the first "terminated" or "re_executing"
+/// phase event it sends (so that no watcher holds up the control server's stop).
 pub fn stream(
     events: &Events,
+    after_seq: u64,
     slots: &[(&'static str, watch::Receiver<SlotStatus>)],
 ) -> WatchStream {
-    let (snapshot, mut seen) = events.watch(slots);
+    let (start, mut seen) = events.watch(after_seq, slots);
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
-        for event in snapshot {
-            if tx.send(Ok(event)).await.is_err() {
+        for event in start {
+            let last = ends_stream(&event);
+            if tx.send(Ok(event)).await.is_err() || last {
                 return;
             }
         }
@@ -193,10 +246,7 @@ pub fn stream(
                     return;
                 }
             }
-            let last = event.kind == "phase"
-                && [Phase::Terminated, Phase::Reexecuting]
-                    .iter()
-                    .any(|end| event.state == end.as_str());
+            let last = ends_stream(&event);
             if tx.send(Ok(event)).await.is_err() || last {
                 return;
             }
@@ -205,10 +255,23 @@ pub fn stream(
     ReceiverStream::new(rx)
 }
 
+/// Whether `event` is the supervisor's last in its image: "terminated" or "re_executing".
+fn ends_stream(event: &Event) -> bool {
+    event.kind == "phase"
+        && event.daemon.is_empty()
+        && [Phase::Terminated, Phase::Reexecuting]
+            .iter()
+            .any(|end| event.state == end.as_str())
+}
+
 fn publish_locked(inner: &mut Inner, mut event: Event) {
     inner.seq += 1;
     event.seq = inner.seq;
     event.unix_ms = unix_ms(SystemTime::now());
+    if inner.recent.len() == BACKLOG {
+        inner.recent.pop_front();
+    }
+    inner.recent.push_back(event.clone());
     // No watcher: nobody to tell.
     let _ = inner.sender.send(event);
 }
@@ -357,7 +420,7 @@ mod tests {
         let events = Events::default();
         let (tx, rx) = watch::channel(SlotStatus::new(vec![], String::new(), String::new()));
         let recorder = SlotRecorder::new("dnsd", tx, events.clone());
-        let (_, mut seen) = events.watch(&[("dnsd", rx)]);
+        let (_, mut seen) = events.watch(0, &[("dnsd", rx)]);
         recorder.send_modify(|s| s.pid = 10);
         recorder.send_modify(|s| s.enter(DaemonState::Ready));
         recorder.send_modify(|s| {
@@ -394,7 +457,7 @@ mod tests {
     #[test]
     fn a_watcher_that_falls_behind_is_told_not_waited_for() {
         let events = Events::default();
-        let (_, mut seen) = events.watch(&[]);
+        let (_, mut seen) = events.watch(0, &[]);
         for _ in 0..BACKLOG + 5 {
             events.publish(Event::default());
         }
@@ -402,5 +465,44 @@ mod tests {
             seen.try_recv(),
             Err(broadcast::error::TryRecvError::Lagged(5))
         ));
+    }
+
+    fn seqs(events: &[Event]) -> Vec<(u64, &str)> {
+        events.iter().map(|e| (e.seq, e.kind.as_str())).collect()
+    }
+
+    #[test]
+    fn a_watcher_continues_after_the_event_it_saw_even_across_an_exec() {
+        let before = Events::default();
+        before.publish(Event::default());
+        before.phase(Phase::Reexecuting);
+        let after = Events::carried(before.carry());
+        // Nothing new yet: nothing to send, not the current state.
+        assert!(after.watch(2, &[]).0.is_empty());
+        after.phase(Phase::Upgrading);
+        after.publish(Event {
+            kind: "upgrade".into(),
+            ..Default::default()
+        });
+        assert_eq!(seqs(&after.watch(2, &[]).0), [(3, "phase"), (4, "upgrade")]);
+        assert_eq!(seqs(&after.watch(3, &[]).0), [(4, "upgrade")]);
+        // Not held (numbered by the previous image): how many are lost, then the state.
+        assert_eq!(seqs(&after.watch(1, &[]).0), [(4, "lagged"), (4, "phase")]);
+        assert_eq!(after.watch(1, &[]).0[0].missed, 3);
+        // Another supervisor's number, or none: the current state.
+        assert_eq!(seqs(&after.watch(9, &[]).0), [(4, "phase")]);
+        assert_eq!(seqs(&after.watch(0, &[]).0), [(4, "phase")]);
+    }
+
+    #[test]
+    fn only_the_last_backlog_events_are_held_for_continuing() {
+        let events = Events::default();
+        for _ in 0..BACKLOG + 3 {
+            events.publish(Event::default());
+        }
+        let last = (BACKLOG + 3) as u64;
+        assert_eq!(events.watch(3, &[]).0.len(), BACKLOG);
+        assert_eq!(events.watch(2, &[]).0[0].kind, "lagged");
+        assert_eq!(events.watch(2, &[]).0[0].missed, last - 2);
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use securely_proto::supervisor::{Event, UpgradeStatus};
 
-use crate::events::{Events, Phase};
+use crate::events::{CarriedEvents, Events, Phase};
 
 /// The last upgrade, as `securelyctl status` shows it.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -43,12 +43,12 @@ pub struct Upgrades {
 }
 
 impl Upgrades {
-    /// Continues the record carried across the exec.
-    pub fn carried(mut record: UpgradeRecord) -> Self {
+    /// Continues the record and the events' numbering carried across the exec.
+    pub fn carried(mut record: UpgradeRecord, events: CarriedEvents) -> Self {
         record.started = Some(Instant::now() - Duration::from_millis(record.elapsed_ms));
         let upgrades = Self {
             record: Mutex::new(record),
-            events: Events::default(),
+            events: Events::carried(events),
         };
         // The upgrade continues in this image.
         upgrades.events.phase(Phase::Upgrading);

@@ -158,6 +158,7 @@ pub async fn upgrade(
         sockets,
         slots: slots.clone(),
         upgrade: serving.upgrades.snapshot(),
+        events: serving.upgrades.events().carry(),
         previous_settings: serving.settings.to_yaml(),
         pid_file: serving.pid_file.path().to_path_buf(),
         uptime_ms: serving.started.elapsed().as_millis() as u64,

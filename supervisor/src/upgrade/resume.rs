@@ -19,7 +19,7 @@ use crate::upgrades::Upgrades;
 
 /// Takes over what the previous image carried: its sockets (adopted under the settings
 /// file read again, or under the previous settings if the new ones cannot be used, which
-/// fails the upgrade), its pid file, its daemons and its upgrade record. No
+/// fails the upgrade), its pid file, its daemons, its upgrade record and its events' numbers. No
 /// daemonizing, no new pid file, no privilege change: the process is the same.
 pub fn resume(
     conf: Option<PathBuf>,
@@ -64,7 +64,7 @@ pub fn resume(
         pid_file: PidFile::adopt(carried.pid_file),
         exe,
         conf,
-        upgrades: Arc::new(Upgrades::carried(carried.upgrade)),
+        upgrades: Arc::new(Upgrades::carried(carried.upgrade, carried.events)),
         operations,
         adopted: carried.slots,
         next: Beginning::ContinueUpgrade { guard, problem },
