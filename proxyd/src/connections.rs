@@ -27,7 +27,10 @@
 //!   however slow the backend;
 //! * `cleanup` waits until no connection awaits its first bytes, then until no request
 //!   is in flight: a request read before the stop whose response header went out before
-//!   it (a long download) still ends with its connection kept alive. From then on no
+//!   it (a long download) still ends with its connection kept alive. An upgraded
+//!   connection (a WebSocket) is no longer a request (see [`crate::upgrade`]): it does
+//!   not hold this back, and is never waiting for a request, so the abort below leaves
+//!   it alone. From then on no
 //!   response can leave a connection waiting for another request, and every kept-alive
 //!   connection gets [`KEEPALIVE_CLOSE_WINDOW`] more to bring one (answered, then closed:
 //!   HAProxy's `idle-close-on-response`). Only then does pingora abort its waiting
@@ -36,9 +39,9 @@
 //!   [`Connections::drained`] resolves when the last connection ends.
 //!
 //! A client that connects and stays silent keeps its connection, and so the drain,
-//! waiting, and so does a request that never ends (a stream): the drain is bounded by the
-//! grace period (and cut short by a fast stop), and while serving such a connection is
-//! dropped after [`FIRST_BYTES_TIMEOUT`].
+//! waiting, and so do a request that never ends (a stream) and a WebSocket: the drain is
+//! bounded by the grace period (and cut short by a fast stop), and while serving a
+//! silent new connection is dropped after [`FIRST_BYTES_TIMEOUT`].
 //!
 //! A connection is counted from the moment pingora's accept loop takes it: the loop asks
 //! [`AcceptCounter`] (pingora's connection filter) before it spawns the connection's task,
@@ -277,13 +280,24 @@ mod tests {
     async fn a_drain_waits_for_accepted_connections_to_reach_the_app() {
         let connections = Connections::new();
         let counter = connections.accept_counter();
-        assert!(counter.should_accept(None).await, "every connection is accepted");
-        let waiting =
-            tokio::time::timeout(Duration::from_millis(20), connections.all_accepted_reached_app());
-        assert!(waiting.await.is_err(), "the accepted connection has not reached the app");
+        assert!(
+            counter.should_accept(None).await,
+            "every connection is accepted"
+        );
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(20),
+            connections.all_accepted_reached_app(),
+        );
+        assert!(
+            waiting.await.is_err(),
+            "the accepted connection has not reached the app"
+        );
         connections.count_reached_app();
-        tokio::time::timeout(Duration::from_secs(1), connections.all_accepted_reached_app())
-            .await
-            .expect("every accepted connection reached the app");
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            connections.all_accepted_reached_app(),
+        )
+        .await
+        .expect("every accepted connection reached the app");
     }
 }

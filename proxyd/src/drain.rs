@@ -18,7 +18,12 @@
 //!    is zero (see [`crate::conf`]), so its runtimes are dropped at once.
 //!
 //! Requests in flight ([`InFlight`], counted from the moment a request header is read
-//! until its context is dropped) are reported with the connections a drain cuts off.
+//! until its context is dropped or it is upgraded) and upgraded connections (WebSockets,
+//! see [`crate::upgrade`]) are reported with the connections a drain cuts off. An
+//! upgraded connection is waited for like any other: it stays open, passing messages
+//! both ways, until one side closes it or the grace period ends; then it is closed with
+//! the process's other sockets (no WebSocket close frame: proxyd does not parse the
+//! upgraded bytes, and neither do nginx or HAProxy when they cut one).
 
 use std::future::Future;
 
@@ -38,6 +43,8 @@ pub struct CutOff {
     pub silent: usize,
     /// Requests still in flight on them.
     pub requests: usize,
+    /// Of the connections, the upgraded ones (WebSockets).
+    pub tunnels: usize,
 }
 
 /// How a drain ended.
@@ -56,6 +63,7 @@ pub enum DrainOutcome {
 pub async fn wait_for_idle(
     connections: &Connections,
     requests: &InFlight,
+    tunnels: &InFlight,
     deadline: Instant,
     interrupt: impl Future<Output = ()>,
 ) -> DrainOutcome {
@@ -63,6 +71,7 @@ pub async fn wait_for_idle(
         connections: connections.open(),
         silent: connections.awaiting_first_bytes(),
         requests: requests.count(),
+        tunnels: tunnels.count(),
     };
     tokio::select! {
         () = connections.drained() => DrainOutcome::Idle,
@@ -129,37 +138,41 @@ mod tests {
     async fn a_drain_ends_by_work_grace_or_interruption() {
         let connections = Connections::new();
         let requests = InFlight::new();
+        let tunnels = InFlight::new();
         let never = std::future::pending::<()>;
         let later = || Instant::now() + Duration::from_secs(60);
         let soon = || Instant::now() + Duration::from_millis(10);
         let service = connections.end_of_service();
         // The service still runs (its cleanup may still hand it connections).
         assert_eq!(
-            wait_for_idle(&connections, &requests, soon(), never()).await,
+            wait_for_idle(&connections, &requests, &tunnels, soon(), never()).await,
             DrainOutcome::GraceExpired(CutOff {
                 connections: 0,
                 silent: 0,
-                requests: 0
+                requests: 0,
+                tunnels: 0,
             })
         );
         drop(service);
         assert_eq!(
-            wait_for_idle(&connections, &requests, later(), never()).await,
+            wait_for_idle(&connections, &requests, &tunnels, later(), never()).await,
             DrainOutcome::Idle
         );
         let _request = requests.enter();
         let _connection = connections.count_one_open();
+        let _websocket = (tunnels.enter(), connections.count_one_open());
         let stuck = CutOff {
-            connections: 1,
+            connections: 2,
             silent: 0,
             requests: 1,
+            tunnels: 1,
         };
         assert_eq!(
-            wait_for_idle(&connections, &requests, soon(), never()).await,
+            wait_for_idle(&connections, &requests, &tunnels, soon(), never()).await,
             DrainOutcome::GraceExpired(stuck)
         );
         assert_eq!(
-            wait_for_idle(&connections, &requests, later(), async {}).await,
+            wait_for_idle(&connections, &requests, &tunnels, later(), async {}).await,
             DrainOutcome::Interrupted(stuck)
         );
     }

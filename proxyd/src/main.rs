@@ -39,6 +39,7 @@ mod tenant;
 mod tenure;
 #[cfg(test)]
 mod test_support;
+mod upgrade;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -101,6 +102,7 @@ fn run() -> anyhow::Result<()> {
     let mut server =
         Server::new_with_opt_and_conf(None::<Opt>, conf::server_conf(&daemon.settings));
     let proxy = SiteProxy::new(setup.routes.clone(), in_flight.clone());
+    let tunnels = proxy.tunnels();
     server.add_service(ProxyService::new(
         &server.configuration,
         proxy,
@@ -128,6 +130,7 @@ fn run() -> anyhow::Result<()> {
         stop_accepting,
         connections,
         in_flight,
+        tunnels,
         pingora: pingora_release,
         grace: daemon.settings.grace_period(),
     };

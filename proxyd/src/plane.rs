@@ -72,6 +72,8 @@ pub struct ProxyPlane {
     pub connections: Arc<Connections>,
     /// Requests in flight in the proxy.
     pub in_flight: Arc<InFlight>,
+    /// Upgraded connections (WebSockets) in the proxy.
+    pub tunnels: Arc<InFlight>,
     /// Ends pingora's main loop.
     pub pingora: PingoraRelease,
     /// The grace period, for the log.
@@ -107,8 +109,14 @@ impl DataPlane for ProxyPlane {
         self.stop_accepting.send_replace(true);
         let exit = match kind {
             ShutdownKind::Graceful => {
-                let outcome =
-                    drain::wait_for_idle(&self.connections, &self.in_flight, deadline, fast).await;
+                let outcome = drain::wait_for_idle(
+                    &self.connections,
+                    &self.in_flight,
+                    &self.tunnels,
+                    deadline,
+                    fast,
+                )
+                .await;
                 log_drain(self.grace, outcome);
                 PingoraExit::Drained
             }
@@ -156,7 +164,8 @@ fn log_drain(grace: Duration, outcome: DrainOutcome) {
 /// What a drain cut off, for the log.
 fn describe_cut(cut: CutOff) -> String {
     format!(
-        "{} connection(s) ({} silent since they connected), {} request(s) in flight",
-        cut.connections, cut.silent, cut.requests
+        "{} connection(s) ({} silent since they connected, {} upgraded (WebSockets)), \
+         {} request(s) in flight",
+        cut.connections, cut.silent, cut.tunnels, cut.requests
     )
 }

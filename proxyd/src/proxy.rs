@@ -2,16 +2,20 @@
 //! `Via`, and answer with proxyd's own pages when there is nowhere (or no one) to forward
 //! to.
 //!
-//! * `new_ctx`: the request counts as in flight until its context is dropped.
+//! * `new_ctx`: the request counts as in flight until its context is dropped, or until
+//!   it is upgraded (a WebSocket): from then on it counts as a tunnel (see
+//!   [`crate::upgrade`]).
 //! * `request_filter`: Host -> site; 400 without a host, 508 when the request has been
 //!   through proxyd already (see [`crate::loops`]), 404 when no site serves it. `CONNECT`
 //!   never gets here: pingora answers it 405 itself (`allow_connect_method_proxying` is
 //!   off by default).
 //! * `upstream_peer`: the site's target, resolved when it is a hostname (see
 //!   [`crate::resolve`]); each address is tried in turn (`fail_to_connect` asks for a
-//!   retry while some remain).
+//!   retry while some remain). An upgrade request's backend has no idle timeout.
 //! * `upstream_request_filter`: the forwarding headers (see [`crate::forwarding`]); the
 //!   Host header is left as the client sent it.
+//! * `response_filter`: a `101 Switching Protocols` to an upgrade request turns the request
+//!   into a tunnel, with no idle timeout on the client's side either.
 //! * `response_filter` (and proxyd's own pages): once proxyd's stop switch is on, the
 //!   response carries `Connection: close` and its connection ends after it, however long
 //!   the backend took: a request read before the stop must not leave its connection
@@ -41,6 +45,7 @@ use crate::loops;
 use crate::pages::{self, Page};
 use crate::resolve::{Addresses, Resolver};
 use crate::routing::{Route, Routes, normalize_host};
+use crate::upgrade;
 
 /// How long to wait for a backend to accept the TCP connection.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +58,7 @@ pub const UPSTREAM_READ_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct SiteProxy {
     routes: Arc<Routes>,
     in_flight: Arc<InFlight>,
+    tunnels: Arc<InFlight>,
     resolver: Resolver,
     /// proxyd's stop switch: once on, every response closes its connection.
     stopping: ShutdownWatch,
@@ -64,6 +70,7 @@ impl SiteProxy {
         Self {
             routes,
             in_flight,
+            tunnels: InFlight::new(),
             resolver: Resolver::default(),
             // A switch nobody can flip, until `closing_once` gives the real one.
             stopping: tokio::sync::watch::channel(false).1,
@@ -77,9 +84,15 @@ impl SiteProxy {
         self
     }
 
-    /// The requests in flight, counted from their header to the end of their response.
+    /// The requests in flight, counted from their header to the end of their response
+    /// (or to their upgrade).
     pub fn requests(&self) -> Arc<InFlight> {
         self.in_flight.clone()
+    }
+
+    /// The upgraded connections (WebSockets), counted from the backend's 101 to their end.
+    pub fn tunnels(&self) -> Arc<InFlight> {
+        self.tunnels.clone()
     }
 
     /// Turns keep-alive off for the response about to be written when proxyd is stopping.
@@ -98,7 +111,8 @@ impl SiteProxy {
 
 /// Per-request state.
 pub struct RequestCtx {
-    _in_flight: InFlightGuard,
+    /// Counts the request in flight, then (once upgraded) the tunnel.
+    _counted: InFlightGuard,
     /// The site, once routed.
     route: Option<Arc<Route>>,
     /// The Host header as the client sent it.
@@ -117,7 +131,7 @@ impl ProxyHttp for SiteProxy {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
-            _in_flight: self.in_flight.enter(),
+            _counted: self.in_flight.enter(),
             route: None,
             client_host: String::new(),
             candidates: Arc::from([]),
@@ -168,7 +182,7 @@ impl ProxyHttp for SiteProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
         let Some(route) = ctx.route.clone() else {
@@ -193,6 +207,9 @@ impl ProxyHttp for SiteProxy {
         let mut peer = HttpPeer::new(ctx.candidates[index], false, String::new());
         peer.options.connection_timeout = Some(UPSTREAM_CONNECT_TIMEOUT);
         peer.options.read_timeout = Some(UPSTREAM_READ_TIMEOUT);
+        if upgrade::requested(session) {
+            upgrade::unbounded(&mut peer);
+        }
         Ok(Box::new(peer))
     }
 
@@ -228,9 +245,12 @@ impl ProxyHttp for SiteProxy {
     async fn response_filter(
         &self,
         session: &mut Session,
-        _response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if upgrade::switching(session, response) {
+            ctx._counted = self.tunnels.enter();
+        }
         self.close_if_stopping(session);
         Ok(())
     }

@@ -83,25 +83,36 @@ pub struct Backend {
 impl Backend {
     /// Starts the backend on a free port.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(echo);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve_each(|stream| async move {
+            let service = hyper::service::service_fn(echo);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        })
+        .await;
         Self { addr, task }
     }
+}
+
+/// Listens on a free port of 127.0.0.1 and serves each connection with `serve` on a task
+/// of its own; returns the address and the task that accepts (abort it to stop).
+pub async fn serve_each<F, Fut>(serve: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a backend");
+    let addr = listener.local_addr().expect("backend addr");
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        }
+    });
+    (addr, task)
 }
 
 impl Drop for Backend {

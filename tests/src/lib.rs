@@ -11,6 +11,7 @@ pub mod http;
 pub mod keepalive;
 pub mod load;
 pub mod watcher;
+pub mod websocket;
 
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
