@@ -193,8 +193,8 @@ fn a_watcher_that_never_reads_holds_up_neither_restarts_nor_the_stop() {
 }
 
 /// Restarts of each daemon while a watcher stalls. Their events fit in the connection's
-/// flow-control window, so this shows a stalled watcher costs nothing up to there; the
-/// broadcast's lag past its backlog is covered by the unit test in `events.rs`.
+/// flow-control window, so this shows a stalled watcher costs nothing up to there; a
+/// watcher stalled past the supervisor's backlog is `slow_watcher.rs`.
 const RESTARTS: u64 = 5;
 
 struct KillOnDrop(std::process::Child);
