@@ -10,6 +10,7 @@ pub mod dns;
 pub mod http;
 pub mod keepalive;
 pub mod load;
+pub mod tls;
 pub mod watcher;
 pub mod websocket;
 
