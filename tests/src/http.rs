@@ -31,12 +31,11 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<Re
     get_on(stream, host, path).await
 }
 
-/// `GET path` with `Host: host` on an already connected stream.
-pub async fn get_on(
-    stream: tokio::net::TcpStream,
-    host: &str,
-    path: &str,
-) -> std::io::Result<Reply> {
+/// `GET path` with `Host: host` on an already connected stream (TCP, or TLS over it).
+pub async fn get_on<S>(stream: S, host: &str, path: &str) -> std::io::Result<Reply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io_err = |e: hyper::Error| std::io::Error::other(e.to_string());
     let work = async {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
