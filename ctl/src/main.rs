@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod ca;
 mod dns;
 mod docs;
 mod doctor;
@@ -112,6 +113,22 @@ enum Command {
         /// The site's name.
         name: String,
     },
+    /// Serve a site over https with a certificate from the local CA (plain-HTTP requests
+    /// are redirected).
+    #[command(name = "site:secure")]
+    SiteSecure {
+        /// The site's name.
+        name: String,
+    },
+    /// Serve a site over plain HTTP only again.
+    #[command(name = "site:unsecure")]
+    SiteUnsecure {
+        /// The site's name.
+        name: String,
+    },
+    /// Print the local CA's certificate (PEM) on stdout.
+    #[command(name = "ca:export")]
+    CaExport,
     /// List the sites.
     #[command(name = "site:list")]
     SiteList {
@@ -289,6 +306,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => sites::link(&target, name, to, hosts).await,
         Command::SiteUnlink { name } => sites::unlink(&target, name).await,
         Command::SiteList { json } => sites::list(&target, json).await,
+        Command::SiteSecure { name } => sites::secure(&target, name, true).await,
+        Command::SiteUnsecure { name } => sites::secure(&target, name, false).await,
+        Command::CaExport => ca::export(&target).await,
         Command::DnsSet {
             name,
             rtype,

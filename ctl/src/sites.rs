@@ -1,7 +1,9 @@
 //! `site:*`: proxyd's sites.
 
 use securely_proto::proxy::proxy_admin_client::ProxyAdminClient;
-use securely_proto::proxy::{LinkSiteRequest, ListSitesRequest, UnlinkSiteRequest};
+use securely_proto::proxy::{
+    LinkSiteRequest, ListSitesRequest, SecureSiteRequest, UnlinkSiteRequest, UnsecureSiteRequest,
+};
 use std::time::Duration;
 
 use serde_json::json;
@@ -10,7 +12,10 @@ use crate::errors;
 use crate::output;
 use crate::target::Target;
 
-async fn client(target: &Target) -> anyhow::Result<ProxyAdminClient<tonic::transport::Channel>> {
+/// A client of proxyd's admin service.
+pub async fn client(
+    target: &Target,
+) -> anyhow::Result<ProxyAdminClient<tonic::transport::Channel>> {
     Ok(ProxyAdminClient::new(
         target.daemon("proxyd", Duration::ZERO).await?,
     ))
@@ -51,6 +56,30 @@ pub async fn unlink(target: &Target, name: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn secure(target: &Target, name: String, secure: bool) -> anyhow::Result<()> {
+    let mut client = client(target).await?;
+    let site = if secure {
+        client.secure_site(SecureSiteRequest { name }).await
+    } else {
+        client.unsecure_site(UnsecureSiteRequest { name }).await
+    }
+    .map_err(|s| errors::rpc("proxyd", s))?
+    .into_inner();
+    let scheme = if site.secure { "https" } else { "http" };
+    let urls: Vec<String> = site
+        .serves
+        .iter()
+        .map(|h| format!("{scheme}://{h}"))
+        .collect();
+    println!(
+        "{} is served over {} ({})",
+        site.name,
+        scheme,
+        urls.join(", ")
+    );
+    Ok(())
+}
+
 pub async fn list(target: &Target, as_json: bool) -> anyhow::Result<()> {
     let sites = client(target)
         .await?
@@ -62,15 +91,18 @@ pub async fn list(target: &Target, as_json: bool) -> anyhow::Result<()> {
     if as_json {
         let sites: Vec<_> = sites
             .iter()
-            .map(|s| json!({"name": s.name, "target": s.target, "hostnames": s.hostnames, "serves": s.serves}))
+            .map(|s| json!({"name": s.name, "target": s.target, "hostnames": s.hostnames, "serves": s.serves, "secure": s.secure, "leaf_not_after_unix": s.leaf_not_after_unix}))
             .collect();
         output::json(&json!(sites));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = sites
         .into_iter()
-        .map(|s| vec![s.name, s.target, s.serves.join(",")])
+        .map(|s| {
+            let https = if s.secure { "yes" } else { "no" };
+            vec![s.name, s.target, https.to_string(), s.serves.join(",")]
+        })
         .collect();
-    output::table(&["NAME", "TARGET", "SERVES"], &rows);
+    output::table(&["NAME", "TARGET", "HTTPS", "SERVES"], &rows);
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! The `ProxyAdmin` gRPC service: link, unlink and list sites, live.
+//! The `ProxyAdmin` gRPC service: link, unlink, list and secure sites, live, and export
+//! the local CA's certificate.
 //!
 //! It reads the site store from its [`StoreSlot`] on every call and holds it only for
 //! that call, so a hand-over can close the tree once the calls in flight are done. While
@@ -11,14 +12,16 @@ use securely_core::admin::blocking_call;
 use securely_core::rpc::Access;
 use securely_proto::proxy::proxy_admin_server::{ProxyAdmin, ProxyAdminServer};
 use securely_proto::proxy::{
-    LinkSiteRequest, ListSitesReply, ListSitesRequest, Site as SiteMessage, UnlinkSiteReply,
-    UnlinkSiteRequest,
+    CaCertificate, ExportCaRequest, LinkSiteRequest, ListSitesReply, ListSitesRequest,
+    SecureSiteRequest, Site as SiteMessage, UnlinkSiteReply, UnlinkSiteRequest,
+    UnsecureSiteRequest,
 };
 use tonic::{Request, Response, Status};
 
 use crate::sites::Site;
 use crate::store::{SiteStore, StoreError};
 use crate::tenure::StoreSlot;
+use crate::tls::ca::LocalCa;
 
 /// The admin service over the site store.
 pub struct AdminService {
@@ -96,6 +99,54 @@ impl ProxyAdmin for AdminService {
             .collect();
         Ok(Response::new(ListSitesReply { sites }))
     }
+
+    async fn secure_site(
+        &self,
+        request: Request<SecureSiteRequest>,
+    ) -> Result<Response<SiteMessage>, Status> {
+        self.access.authorize(&request)?;
+        let name = request.into_inner().name;
+        self.set_secure(name, true).await
+    }
+
+    async fn unsecure_site(
+        &self,
+        request: Request<UnsecureSiteRequest>,
+    ) -> Result<Response<SiteMessage>, Status> {
+        self.access.authorize(&request)?;
+        let name = request.into_inner().name;
+        self.set_secure(name, false).await
+    }
+
+    async fn export_ca(
+        &self,
+        _request: Request<ExportCaRequest>,
+    ) -> Result<Response<CaCertificate>, Status> {
+        Ok(Response::new(ca_message(self.store()?.ca())))
+    }
+}
+
+impl AdminService {
+    async fn set_secure(
+        &self,
+        name: String,
+        secure: bool,
+    ) -> Result<Response<SiteMessage>, Status> {
+        let store = self.store()?;
+        let tld = store.tld().to_string();
+        let site = Self::blocking(store, move |store| store.set_secure(&name, secure)).await?;
+        tracing::info!(site = %site.name, secure, "site security changed");
+        Ok(Response::new(message(&site, &tld)))
+    }
+}
+
+fn ca_message(ca: &LocalCa) -> CaCertificate {
+    CaCertificate {
+        pem: ca.pem(),
+        sha256_fingerprint: ca.sha256_fingerprint(),
+        not_after_unix: ca.not_after().unix_timestamp(),
+        permitted_dns_names: ca.permitted().dns_names().to_vec(),
+    }
 }
 
 fn message(site: &Site, tld: &str) -> SiteMessage {
@@ -104,6 +155,8 @@ fn message(site: &Site, tld: &str) -> SiteMessage {
         target: site.target.to_string(),
         hostnames: site.hostnames.clone(),
         serves: site.serves(tld),
+        secure: site.secure,
+        leaf_not_after_unix: 0,
     }
 }
 
@@ -112,7 +165,10 @@ fn status(e: StoreError) -> Status {
         StoreError::Invalid(_) => Status::invalid_argument(e.to_string()),
         StoreError::Taken { .. } => Status::already_exists(e.to_string()),
         StoreError::NotFound(_) => Status::not_found(e.to_string()),
-        StoreError::Storage(_) | StoreError::Encode(_) | StoreError::Sync(_) => {
+        StoreError::Storage(_)
+        | StoreError::Encode(_)
+        | StoreError::Sync(_)
+        | StoreError::Tls(_) => {
             tracing::error!("{e}");
             Status::internal(e.to_string())
         }

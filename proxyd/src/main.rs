@@ -39,6 +39,7 @@ mod tenant;
 mod tenure;
 #[cfg(test)]
 mod test_support;
+mod tls;
 mod upgrade;
 
 use std::process::ExitCode;

@@ -126,11 +126,14 @@ pub struct Site {
     pub target: Target,
     /// Extra lowercased hostnames, without duplicates or the site's own `NAME.<tld>`.
     pub hostnames: Vec<String>,
+    /// Whether it is served over https (its plain-HTTP requests are redirected).
+    pub secure: bool,
 }
 
 impl Site {
     /// Checks and normalises the arguments of a `LinkSite` request: at most
     /// [`MAX_HOSTNAMES`] extra hostnames, kept in their first order without duplicates.
+    /// The site is not secure.
     /// `tld` is the local top-level domain as the resolved settings hold it (lowercase,
     /// no trailing dot).
     pub fn new(
@@ -165,6 +168,7 @@ impl Site {
             name,
             target,
             hostnames: kept,
+            secure: false,
         })
     }
 

@@ -23,21 +23,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use securely_core::durable::{self, CommitError, DurableTree};
-use serde::{Deserialize, Serialize};
+
+mod record;
+
+use record::{StoredSite, decode};
 
 use crate::loops::OwnListeners;
 use crate::routing::{Routes, RoutingTable};
 use crate::sites::{InvalidField, Site, TargetHost, primary_hostname};
+use crate::tls::ca::LocalCa;
+use crate::tls::vault::{Vault, VaultError};
 
 /// The sled tree (inside proxyd's database) that holds one record per site.
 const SITES_TREE: &str = "sites";
-
-/// A site as stored: key = name, value = this record, bincode-encoded.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredSite {
-    target: String,
-    hostnames: Vec<String>,
-}
 
 /// Why a change to the sites was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +65,9 @@ pub enum StoreError {
     /// The tree's files could not be synced when opening it.
     #[error("site store: {0}")]
     Sync(#[from] CommitError),
+    /// The local CA could not be loaded or created.
+    #[error(transparent)]
+    Tls(#[from] VaultError),
 }
 
 /// What a site store is opened with besides its tree, kept to open it again.
@@ -86,8 +87,15 @@ impl StoreSetup {
     /// Opens the site store on `db`, opened from [`StoreSetup::tree`] (see
     /// [`SiteStore::open`]).
     pub fn open(&self, db: sled::Db) -> Result<SiteStore, StoreError> {
-        let durable = DurableTree::open(db, &self.tree)?;
-        SiteStore::open(durable, &self.tld, self.own.clone(), self.routes.clone())
+        let mut durable = DurableTree::open(db, &self.tree)?;
+        let vault = Vault::open(&mut durable, &self.tld)?;
+        SiteStore::open(
+            durable,
+            vault,
+            &self.tld,
+            self.own.clone(),
+            self.routes.clone(),
+        )
     }
 }
 
@@ -105,6 +113,8 @@ pub struct SiteStore {
     /// The sites as of the last completed change.
     sites: ArcSwap<Sites>,
     routes: Arc<Routes>,
+    /// The local CA (and, beside it in the tree, the leaves).
+    vault: Vault,
 }
 
 impl SiteStore {
@@ -114,6 +124,7 @@ impl SiteStore {
     /// checks (say, after the TLD changed) are skipped with a warning, never fatal.
     pub fn open(
         durable: DurableTree,
+        vault: Vault,
         tld: &str,
         own: OwnListeners,
         routes: Arc<Routes>,
@@ -151,9 +162,15 @@ impl SiteStore {
             writer: Mutex::new(durable),
             sites: ArcSwap::from_pointee(Sites::new()),
             routes,
+            vault,
         };
         store.publish(sites);
         Ok(store)
+    }
+
+    /// The local CA.
+    pub fn ca(&self) -> &Arc<LocalCa> {
+        self.vault.ca()
     }
 
     /// The local TLD every site name lives under.
@@ -163,13 +180,8 @@ impl SiteStore {
 
     /// Creates or replaces the site `name`.
     pub fn link(&self, name: &str, target: &str, hostnames: &[String]) -> Result<Site, StoreError> {
-        let site = Site::new(name, target, hostnames, &self.tld)?;
+        let mut site = Site::new(name, target, hostnames, &self.tld)?;
         self.refuse_own_listener(&site)?;
-        let record = StoredSite {
-            target: site.target.to_string(),
-            hostnames: site.hostnames.clone(),
-        };
-        let value = bincode::serde::encode_to_vec(&record, bincode::config::standard())?;
 
         let mut writer = self.write_lock();
         let table = self.routes.snapshot();
@@ -178,8 +190,30 @@ impl SiteStore {
         }) {
             return Err(taken);
         }
+        // Replacing a site keeps whether it is served over https.
+        site.secure = self.sites.load().get(&site.name).is_some_and(|s| s.secure);
+        self.write(&mut writer, site)
+    }
+
+    /// Serves the site `name` over https (`secure`) or plain HTTP only.
+    pub fn set_secure(&self, name: &str, secure: bool) -> Result<Site, StoreError> {
+        let name = crate::sites::parse_name(name)?;
+        let mut writer = self.write_lock();
+        let Some(mut site) = self.sites.load().get(&name).cloned() else {
+            return Err(StoreError::NotFound(name));
+        };
+        if site.secure == secure {
+            return Ok(site);
+        }
+        site.secure = secure;
+        self.write(&mut writer, site)
+    }
+
+    /// Stores `site` (on the writer's lock), commits and publishes it.
+    fn write(&self, writer: &mut DurableTree, site: Site) -> Result<Site, StoreError> {
+        let value = StoredSite::of(&site).encode()?;
         self.tree.insert(site.name.as_bytes(), value)?;
-        commit(&mut writer);
+        commit(writer);
         let mut sites = Sites::clone(&self.sites.load());
         sites.insert(site.name.clone(), site.clone());
         self.publish(sites);
@@ -216,6 +250,7 @@ impl SiteStore {
         let durable = self.writer.into_inner().unwrap_or_else(|e| e.into_inner());
         durable.db().flush()?;
         drop(self.tree);
+        drop(self.vault);
         drop(durable);
         Ok(())
     }
@@ -292,226 +327,5 @@ fn first_conflict<'a>(
     None
 }
 
-fn decode(key: &[u8], value: &[u8], tld: &str) -> Result<Site, String> {
-    let name = std::str::from_utf8(key).map_err(|_| "the name is not UTF-8".to_string())?;
-    let (record, _): (StoredSite, usize) =
-        bincode::serde::decode_from_slice(value, bincode::config::standard())
-            .map_err(|e| format!("undecodable record: {e}"))?;
-    Site::new(name, &record.target, &record.hostnames, tld).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sites::MAX_HOSTNAMES;
-
-    const OWN_LISTENER: &str = "127.0.0.1:8080";
-
-    fn setup(dir: &std::path::Path, own: OwnListeners) -> StoreSetup {
-        StoreSetup {
-            tld: "test".into(),
-            own,
-            routes: Arc::new(Routes::default()),
-            tree: dir.to_path_buf(),
-        }
-    }
-
-    fn store(dir: &std::path::Path) -> (SiteStore, Arc<Routes>) {
-        let db = sled::Config::new().path(dir).open().unwrap();
-        let own = OwnListeners::new(vec![OWN_LISTENER.parse().unwrap()]);
-        let setup = setup(dir, own);
-        (setup.open(db).unwrap(), setup.routes)
-    }
-
-    #[test]
-    fn sites_are_linked_replaced_unlinked_and_routed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, routes) = store(dir.path());
-        let site = store
-            .link("App", "127.0.0.1:3000", &["www.app.example".into()])
-            .unwrap();
-        assert_eq!(site.name, "app");
-        assert_eq!(routes.snapshot().route("app.test").unwrap().site, "app");
-        assert_eq!(
-            routes.snapshot().route("www.app.example").unwrap().site,
-            "app"
-        );
-
-        store.link("app", "localhost:4000", &[]).unwrap();
-        assert!(routes.snapshot().route("www.app.example").is_none());
-        assert_eq!(
-            routes
-                .snapshot()
-                .route("app.test")
-                .unwrap()
-                .target
-                .to_string(),
-            "localhost:4000"
-        );
-
-        store.unlink("APP").unwrap();
-        assert!(routes.snapshot().is_empty());
-        assert!(matches!(store.unlink("app"), Err(StoreError::NotFound(_))));
-    }
-
-    #[test]
-    fn a_hostname_belongs_to_one_site() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = store(dir.path());
-        store
-            .link("a", "127.0.0.1:1", &["shared.example".into()])
-            .unwrap();
-        let err = store
-            .link("b", "127.0.0.1:2", &["shared.example".into()])
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "hostnames: shared.example is already served by site \"a\""
-        );
-        let err = store
-            .link("c", "127.0.0.1:2", &["a.test".into()])
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Taken { ref site, .. } if site == "a"));
-        // A site may keep its own hostnames when it is replaced.
-        store
-            .link("a", "127.0.0.1:9", &["shared.example".into()])
-            .unwrap();
-        assert_eq!(store.len(), 1);
-    }
-
-    #[test]
-    fn sites_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let (store, _) = store(dir.path());
-            store
-                .link("a", "[::1]:8080", &["x.example".into()])
-                .unwrap();
-            store.link("b", "localhost:1", &[]).unwrap();
-            store.close().unwrap();
-        }
-        let (store, routes) = store(dir.path());
-        let names: Vec<_> = store.list().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, vec!["a", "b"]);
-        assert_eq!(
-            routes
-                .snapshot()
-                .route("x.example")
-                .unwrap()
-                .target
-                .to_string(),
-            "[::1]:8080"
-        );
-    }
-
-    #[test]
-    fn reopening_republishes_what_the_tree_holds_now() {
-        let dir = tempfile::tempdir().unwrap();
-        let setup = setup(dir.path(), OwnListeners::default());
-        let open = || {
-            setup
-                .open(sled::Config::new().path(dir.path()).open().unwrap())
-                .unwrap()
-        };
-        let first = open();
-        first.link("old", "127.0.0.1:1", &[]).unwrap();
-        first.close().unwrap();
-        // The tree is closed; the routing table still serves.
-        let routes = &setup.routes;
-        assert_eq!(routes.snapshot().route("old.test").unwrap().site, "old");
-
-        // Another instance changes the tree meanwhile.
-        let (other, _) = store(dir.path());
-        other.unlink("old").unwrap();
-        other.link("new", "127.0.0.1:2", &[]).unwrap();
-        other.close().unwrap();
-        assert!(routes.snapshot().route("new.test").is_none());
-
-        let again = open();
-        assert!(routes.snapshot().route("old.test").is_none());
-        assert_eq!(routes.snapshot().route("new.test").unwrap().site, "new");
-        let names: Vec<_> = again.list().into_iter().map(|s| s.name).collect();
-        assert_eq!(names, vec!["new"]);
-    }
-
-    #[test]
-    fn undecodable_records_are_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
-            db.open_tree(SITES_TREE)
-                .unwrap()
-                .insert("junk", &b"\xff\xff"[..])
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let (store, _) = store(dir.path());
-        assert!(store.list().is_empty());
-        store.link("junk", "127.0.0.1:1", &[]).unwrap();
-    }
-
-    #[test]
-    fn a_site_may_not_target_proxyd_itself() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, routes) = store(dir.path());
-        for target in [OWN_LISTENER, "[::ffff:127.0.0.1]:8080", "0.0.0.0:8080"] {
-            let err = store.link("loop", target, &[]).unwrap_err();
-            assert!(
-                matches!(&err, StoreError::Invalid(f) if f.field == "target"),
-                "{target}: {err}"
-            );
-            assert!(err.to_string().contains("own listener"), "{err}");
-        }
-        assert!(routes.snapshot().is_empty());
-        store.link("next-door", "127.0.0.1:8081", &[]).unwrap();
-        // A hostname is not resolved here; the request-time check catches it.
-        store.link("by-name", "localhost:8080", &[]).unwrap();
-    }
-
-    #[test]
-    fn readers_do_not_wait_for_a_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = store(dir.path());
-        store.link("a", "127.0.0.1:1", &[]).unwrap();
-        let store = Arc::new(store);
-        // A writer in the middle of a slow flush holds the writer lock.
-        let writing = store.write_lock();
-        let reader = {
-            let store = store.clone();
-            std::thread::spawn(move || (store.len(), store.list().len()))
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !reader.is_finished() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a reader waited for the writer"
-            );
-            std::thread::yield_now();
-        }
-        assert_eq!(reader.join().unwrap(), (1, 1));
-        drop(writing);
-    }
-
-    #[test]
-    fn many_hostnames_are_checked_against_the_routing_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, routes) = store(dir.path());
-        let first: Vec<String> = (0..MAX_HOSTNAMES)
-            .map(|i| format!("a{i}.example"))
-            .collect();
-        store.link("a", "127.0.0.1:1", &first).unwrap();
-        let mut second: Vec<String> = (0..MAX_HOSTNAMES - 1)
-            .map(|i| format!("b{i}.example"))
-            .collect();
-        second.push(format!("a{}.example", MAX_HOSTNAMES - 1));
-        let err = store.link("b", "127.0.0.1:2", &second).unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Taken { hostname, site, .. }
-                if *hostname == format!("a{}.example", MAX_HOSTNAMES - 1) && site == "a"),
-            "{err}"
-        );
-        second.pop();
-        store.link("b", "127.0.0.1:2", &second).unwrap();
-        assert_eq!(routes.snapshot().len(), 2 * MAX_HOSTNAMES + 1);
-    }
-}
+mod tests;
