@@ -17,6 +17,7 @@
 mod backoff;
 mod commit;
 mod engine;
+mod log;
 mod reaper;
 mod service;
 mod store;

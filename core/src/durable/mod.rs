@@ -35,6 +35,15 @@ pub enum CommitError {
     /// Syncing the tree's files to the disk failed.
     #[error("syncing the sled tree to disk: {0}")]
     Sync(#[source] Arc<std::io::Error>),
+    /// Syncing a file the daemon writes itself (see [`sync_file`]) failed.
+    #[error("syncing {what} to disk: {source}")]
+    SyncFile {
+        /// What the file holds.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
 }
 
 /// A sled tree whose commits reach the disk.
@@ -62,6 +71,18 @@ impl DurableTree {
         self.db.flush().map_err(CommitError::Flush)?;
         self.disk.sync().map_err(|e| CommitError::Sync(Arc::new(e)))
     }
+}
+
+/// Syncs the data of `file`, which holds `what`, to the disk (`fdatasync`), as a commit
+/// does: for daemons that write their own files beside their sled tree. Obeys the test
+/// fault hook ([`fault`]).
+pub fn sync_file(file: &std::fs::File, what: &'static str) -> Result<(), CommitError> {
+    fault::before_sync()
+        .and_then(|()| file.sync_data())
+        .map_err(|e| CommitError::SyncFile {
+            what,
+            source: Arc::new(e),
+        })
 }
 
 /// Ends the process after a failed commit of `what`, with [`EXIT_COMMIT_FAILED`].
