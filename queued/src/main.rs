@@ -6,16 +6,16 @@
 //!    everything that needs no tree. queued serves nothing without its tree, so it has no
 //!    data plane ([`NoDataPlane`]);
 //! 3. the rest is the lifecycle driver's ([`securely_core::lifecycle`]): the turn, the
-//!    tenures (the tree, the committer, the engine, the reaper and the gRPC service, see
+//!    tenures (the tree, the log, the engine, the reaper, the checkpoints and the gRPC service, see
 //!    [`tenure`]), the hand-over (`RELEASE` ends the tenure as a drain does; `RESUME`
 //!    opens a new one from the tree) and the stop (waiting Reserve calls end at once,
-//!    calls in flight finish within the grace period, then the reaper and the committer
-//!    stop and sled is flushed and closed; SIGINT skips the wait).
+//!    calls in flight finish within the grace period, then the reaper, the checkpoints and
+//!    the log's writer stop and sled is flushed and closed; SIGINT skips the wait).
 
 #![forbid(unsafe_code)]
 
 mod backoff;
-mod commit;
+mod checkpoint;
 mod engine;
 mod log;
 mod reaper;

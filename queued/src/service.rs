@@ -89,7 +89,7 @@ fn status(e: EngineError, shutting_down: bool) -> Status {
         EngineError::ShuttingDown => Status::unavailable(
             "queued is handing over to its next instance; nothing was done: retry",
         ),
-        e @ (EngineError::Store(_) | EngineError::Commit(_)) => {
+        e @ (EngineError::Store(_) | EngineError::Log(_)) => {
             tracing::error!("{e}");
             Status::internal(e.to_string())
         }
@@ -272,7 +272,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::commit::CommitError;
+    use crate::log::AppendError;
 
     #[test]
     fn calls_that_did_nothing_are_unavailable_and_say_why() {
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(shutting_down.code(), Code::Unavailable);
         assert!(shutting_down.message().contains("shutting down"));
         // A write whose commit is lost was done: not a call to retry blindly.
-        let lost = status(EngineError::Commit(CommitError::Stopped), false);
+        let lost = status(EngineError::Log(AppendError::Stopped), false);
         assert_eq!(lost.code(), Code::Internal);
     }
 }

@@ -3,15 +3,17 @@
 //! ([`securely_core::lifecycle`]), which does the rest (turn, gRPC, hand-over, stop).
 //!
 //! [`QueueTenant::open`] opens the tree (retrying while a previous holder lets go of it),
-//! the power-loss sync and the store on the blocking pool, then starts the committer
-//! thread, the engine and the reaper. Everything is loaded from the tree afresh: a tenure
-//! after a hand-over that failed sees what the other instance wrote.
+//! the power-loss sync, the store and the log (replaying the records the tree's checkpoint
+//! does not cover) on the blocking pool, then starts the engine, the reaper and the
+//! checkpointer. Everything is loaded from the tree afresh: a tenure after a hand-over
+//! that failed sees what the other instance wrote. The log lives in the tree's directory
+//! ([`LOG_DIR`]), so whoever holds the tree holds the log.
 //!
 //! A tenure ends for a shutdown or for the supervisor's `RELEASE`: [`QueueTenant::ending`]
 //! pulls the tenure's own end switch (Reserve calls still waiting end at once,
 //! UNAVAILABLE, nothing reserved), the driver stops the gRPC server (graceful: the calls in
 //! flight finish, within the grace period), then [`QueueTenant::close`] stops the reaper
-//! and closes the engine, which lets no sled handle live on. A call that reaches the
+//! and the checkpointer and closes the engine, which lets no sled handle live on. A call that reaches the
 //! engine during the end is never half done: its write is made durable and answered, or
 //! it is refused (UNAVAILABLE) before it does anything (see [`crate::engine`]).
 
@@ -28,8 +30,9 @@ use securely_core::tenure::{BoxError, CloseError, Tenant};
 use tonic::service::Routes;
 
 use crate::backoff::Backoff;
-use crate::commit::Committer;
+use crate::checkpoint::Checkpointer;
 use crate::engine::Engine;
+use crate::log::{self, LogError, Writer};
 use crate::reaper::Reaper;
 use crate::service::QueueService;
 use crate::store::Store;
@@ -53,18 +56,23 @@ pub struct QueueTenant {
     pub socket: PathBuf,
 }
 
-/// The tree, opened.
+/// The log's directory inside the tree's.
+pub const LOG_DIR: &str = "log";
+
+/// The tree, opened, and its log replayed.
 struct Opened {
     store: Store,
     tree: DurableTree,
+    writer: Writer,
 }
 
 /// A tenure being served.
 #[derive(Debug)]
 pub struct Tenure {
     engine: Arc<Engine>,
-    committer: Committer,
+    writer: Writer,
     reaper: Reaper,
+    checkpointer: Checkpointer,
     end: Shutdown,
 }
 
@@ -76,19 +84,21 @@ impl Tenant for QueueTenant {
         let opened = tokio::task::spawn_blocking(move || open(&tree))
             .await
             .context("opening the queue's tree")??;
-        let committer = Committer::start(opened.tree).context("starting the committer thread")?;
         let end = Shutdown::new();
+        let log = opened.writer.handle();
         let engine = Arc::new(Engine::new(
             opened.store,
-            committer.handle(),
+            log.clone(),
             self.backoff,
             end.clone(),
         ));
         let reaper = Reaper::start(engine.clone());
+        let checkpointer = Checkpointer::start(engine.clone(), log, opened.tree);
         Ok(Tenure {
             engine,
-            committer,
+            writer: opened.writer,
             reaper,
+            checkpointer,
             end,
         })
     }
@@ -118,9 +128,10 @@ impl Tenant for QueueTenant {
     ) -> Result<(), CloseError> {
         tenure.end.request(ShutdownKind::Graceful);
         tenure.reaper.stop().await;
+        tenure.checkpointer.stop().await;
         tenure
             .engine
-            .close(tenure.committer)
+            .close(tenure.writer)
             .await
             .context("flushing the queue's tree")
             .map_err(|e| CloseError::Failed(e.into()))?;
@@ -129,16 +140,43 @@ impl Tenant for QueueTenant {
     }
 }
 
-/// Opens the tree, the power-loss sync and the store.
+/// Opens the tree, the power-loss sync, the store and the log, replaying it.
 fn open(tree: &std::path::Path) -> anyhow::Result<Opened> {
     let db = open_tree(tree, OPEN_DEADLINE)?;
     let durable = DurableTree::open(db.clone(), tree)
         .with_context(|| format!("syncing {}", tree.display()))?;
     let store = Store::open(db).with_context(|| format!("opening {}", tree.display()))?;
-    tracing::info!(tree = %tree.display(), "opened the queue's tree");
+    let checkpoint = store
+        .applied_lsn()
+        .with_context(|| format!("reading {}", tree.display()))?;
+    let replay = |lsn, body: &[u8]| {
+        store.replay(lsn, body).map_err(|e| LogError::Apply {
+            lsn,
+            reason: e.to_string(),
+        })
+    };
+    let log_dir = tree.join(LOG_DIR);
+    let (writer, recovered) =
+        log::open(&log_dir, checkpoint, log::writer::SEGMENT_BYTES, replay)
+            .with_context(|| format!("replaying the queue's log in {}", log_dir.display()))?;
+    if recovered.discarded_bytes > 0 {
+        tracing::warn!(
+            bytes = recovered.discarded_bytes,
+            last = recovered.last,
+            "cut a torn or damaged end off the queue's log (never acknowledged)"
+        );
+    }
+    tracing::info!(
+        tree = %tree.display(),
+        checkpoint,
+        replayed = recovered.replayed,
+        last = recovered.last,
+        "opened the queue's tree"
+    );
     Ok(Opened {
         store,
         tree: durable,
+        writer,
     })
 }
 
@@ -257,7 +295,10 @@ mod tests {
                 available_at_ms: now,
                 max_tries: 1,
             };
-            store.push(job, now).unwrap();
+            let (_, steps) = store.plan_push(job, now).unwrap();
+            store
+                .apply(store.applied_lsn().unwrap() + 1, &steps)
+                .unwrap();
             store.flush().unwrap();
         }
         // ...and the next tenure (a resume) serves on the same socket from the tree.

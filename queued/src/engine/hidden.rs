@@ -1,10 +1,10 @@
 //! Jobs made ready by writes that are not durable yet, which Reserve passes over.
 //!
 //! A write that makes jobs ready (a push, a retry after a failed attempt, a retry of failed
-//! jobs) hides them under its commit request's number before the engine's lock is let go.
-//! They show once the committer's durable watermark reaches that number (see
-//! [`crate::commit`]): a job is handed out only once the write that made it ready is on
-//! disk. If that commit fails, queued exits and the job was never handed out.
+//! jobs) hides them under its log record's number before the engine's lock is let go.
+//! They show once the log's durable watermark reaches that number (see [`crate::log`]): a
+//! job is handed out only once the record that made it ready is on disk. If that sync
+//! fails, queued exits and the job was never handed out.
 
 use std::collections::{HashMap, VecDeque};
 

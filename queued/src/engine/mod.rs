@@ -1,23 +1,24 @@
 //! The queue's operations as the RPCs and the reaper use them: the store behind one lock,
-//! durability through the committer, and waits for jobs.
+//! durability through the log, and waits for jobs.
 //!
-//! Mutations run under one `std` mutex (they are short, never await, and never flush);
-//! callers that promise durability request their commit under the same lock and wait for
-//! it outside, so a batch of concurrent pushes shares one flush.
+//! Mutations run under one `std` mutex (they are short, never await, and never sync): a
+//! durable operation is planned, numbered, applied and appended to the log under the lock,
+//! in log order, and waited for outside it, so a batch of concurrent pushes shares one
+//! `fdatasync` (see [`crate::log`]).
 //!
 //! An engine serves one tenure of the tree (see [`crate::tenure`]). Its end switch, pulled
 //! when the tenure ends (release or shutdown), ends the Reserve calls waiting at once.
-//! [`Engine::close`] then takes the store under the lock before it stops the committer: an
-//! operation either wrote and requested its commit before (the committer's last commit
-//! makes it durable and answers it) or finds the store gone and fails with
+//! [`Engine::close`] then takes the store under the lock before it stops the log's writer:
+//! an operation either wrote and appended its record before (the writer's last sync makes
+//! it durable and answers it) or finds the store gone and fails with
 //! [`EngineError::ShuttingDown`] without any effect: the close leaves no call half done.
 //!
 //! Durability per operation: Push, Ack, Fail, RetryFailed and ForgetFailed answer after
-//! their write is durable (flushed and `fdatasync`ed, see [`crate::commit`]), and a job is
-//! handed out only once the write that made it ready is durable (see [`hidden`]), so a
-//! job whose push then fails to commit never runs. Reserve and the reaper's moves are not
-//! waited for (sled's background flusher writes them within half a second): losing one in
-//! a crash only hands a job out again, which an at-least-once queue allows.
+//! their log record is on the disk (written and `fdatasync`ed, see [`crate::log`]), and a
+//! job is handed out only once the record that made it ready is (see [`hidden`]), so a job
+//! whose push then fails to sync never runs. Reserve and the reaper's moves are not logged
+//! (sled's background flusher writes them within half a second): losing one in a crash
+//! only hands a job out again, which an at-least-once queue allows.
 
 mod hidden;
 
@@ -29,10 +30,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::commit::{CommitError, CommitHandle, Committer, OnDurable, PendingCommit};
+use crate::log::{AppendError, LogHandle, Lsn, OnDurable, PendingAppend, Writer};
 use crate::store::{
-    FailOutcome, FailedChange, FailedList, FailedSelection, NewJob, QueueStats, Reservation,
-    ReservedJob, Store, StoreError,
+    FailOutcome, FailedChange, FailedList, FailedSelection, NewJob, QueueStats, Redo, Reservation,
+    ReservedJob, Store, StoreError, redo,
 };
 use crate::wakeups::Wakeups;
 use hidden::Hidden;
@@ -48,7 +49,7 @@ pub enum EngineError {
     Store(#[from] StoreError),
     /// The write could not be made durable.
     #[error("the write could not be made durable: {0}")]
-    Commit(#[from] CommitError),
+    Log(#[from] AppendError),
     /// Nothing to reserve within the wait.
     #[error("queue {0} is empty")]
     Empty(String),
@@ -173,7 +174,7 @@ pub struct ReapPass {
 #[derive(Debug)]
 pub struct Engine {
     state: Mutex<State>,
-    committer: CommitHandle,
+    log: LogHandle,
     wakeups: Arc<Wakeups>,
     reaper_wake: Notify,
     backoff: Backoff,
@@ -181,8 +182,9 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine over `store`; Reserve waits end when `end` is pulled.
-    pub fn new(store: Store, committer: CommitHandle, backoff: Backoff, end: Shutdown) -> Self {
+    /// An engine over `store`, logging through `log`; Reserve waits end when `end` is
+    /// pulled.
+    pub fn new(store: Store, log: LogHandle, backoff: Backoff, end: Shutdown) -> Self {
         Self {
             state: Mutex::new(State {
                 store: Some(store),
@@ -190,7 +192,7 @@ impl Engine {
                 clock: Clock::start(),
                 hidden: Hidden::default(),
             }),
-            committer,
+            log,
             wakeups: Arc::default(),
             reaper_wake: Notify::new(),
             backoff,
@@ -213,29 +215,34 @@ impl Engine {
         Ok(f(store, now)?)
     }
 
-    /// Runs the write `f` on the store (under the lock) and requests its commit before the
-    /// lock is let go, so that [`Engine::close`] cannot come in between. The jobs it made
-    /// ready stay hidden until the commit is durable, and their queues are woken then.
+    /// Runs the durable operation `plan` (under the lock): plans its steps, applies them
+    /// and appends them to the log as the next record before the lock is let go, so that
+    /// records are in the order of their effects and [`Engine::close`] cannot come in
+    /// between. The jobs it made ready stay hidden until the record is on the disk, and
+    /// their queues are woken then.
     fn write<T>(
         &self,
-        f: impl FnOnce(&Store, u64) -> Result<(T, Readied), StoreError>,
-    ) -> Result<(T, PendingCommit), EngineError> {
+        plan: impl FnOnce(&Store, u64) -> Result<(T, Readied, Vec<Redo>), StoreError>,
+    ) -> Result<(T, PendingAppend), EngineError> {
         let mut guard = self.state();
         let state = &mut *guard;
         let now = state.clock.now_ms();
         let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
-        let (value, readied) = f(store, now)?;
-        match self.committer.request(readied.wake(&self.wakeups)) {
-            Ok(commit) => {
+        let (value, readied, steps) = plan(store, now)?;
+        let body = redo::encode(&steps).map_err(StoreError::from)?;
+        let lsn = self.log.next_lsn();
+        store.apply(lsn, &steps)?;
+        match self.log.append(lsn, body, readied.wake(&self.wakeups)) {
+            Ok(append) => {
                 // Forget what is durable by now, so that the hidden set stays as small as
                 // the writes in flight even when nobody reserves.
-                state.hidden.show_up_to(self.committer.durable());
-                state.hidden.hide(&readied.ids, commit.seq());
-                Ok((value, commit))
+                state.hidden.show_up_to(self.log.durable());
+                state.hidden.hide(&readied.ids, append.lsn());
+                Ok((value, append))
             }
             Err(e) => {
                 // Never durable in this tenure: never shown.
-                state.hidden.hide(&readied.ids, u64::MAX);
+                state.hidden.hide(&readied.ids, Lsn::MAX);
                 Err(e.into())
             }
         }
@@ -256,8 +263,8 @@ impl Engine {
                 available_at_ms: now.saturating_add(delay_ms),
                 max_tries,
             };
-            let id = store.push(job, now)?;
-            Ok((id, Readied::pushed(id, queue)))
+            let (id, steps) = store.plan_push(job, now)?;
+            Ok((id, Readied::pushed(id, queue), steps))
         })?;
         commit.wait().await?;
         Ok(id)
@@ -313,7 +320,7 @@ impl Engine {
         let mut guard = self.state();
         let state = &mut *guard;
         let now = state.clock.now_ms();
-        state.hidden.show_up_to(self.committer.durable());
+        state.hidden.show_up_to(self.log.durable());
         let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
         let hidden = &state.hidden;
         let reservation = store.reserve(queue, now, timeout_ms, |id| hidden.contains(id))?;
@@ -328,7 +335,8 @@ impl Engine {
 
     /// Removes a reserved job; answers once that is durable.
     pub async fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), EngineError> {
-        let ((), commit) = self.write(|store, _| Ok((store.ack(id, attempt)?, Readied::none())))?;
+        let ((), commit) =
+            self.write(|store, _| Ok(((), Readied::none(), store.plan_ack(id, attempt)?)))?;
         Ok(commit.wait().await?)
     }
 
@@ -340,12 +348,12 @@ impl Engine {
         error: &str,
     ) -> Result<FailOutcome, EngineError> {
         let (outcome, commit) = self.write(|store, now| {
-            let outcome = store.fail(id, attempt, error, now, &self.backoff)?;
+            let (outcome, steps) = store.plan_fail(id, attempt, error, now, &self.backoff)?;
             let readied = match &outcome {
                 FailOutcome::Retry { queue, .. } => Readied::moved(vec![id], [queue.clone()]),
                 FailOutcome::Failed => Readied::none(),
             };
-            Ok((outcome, readied))
+            Ok((outcome, readied, steps))
         })?;
         commit.wait().await?;
         Ok(outcome)
@@ -367,9 +375,9 @@ impl Engine {
         max_tries: u32,
     ) -> Result<FailedChange, EngineError> {
         let (change, commit) = self.write(|store, now| {
-            let change = store.retry_failed(which, now, max_tries)?;
+            let (change, steps) = store.plan_retry_failed(which, now, max_tries)?;
             let readied = Readied::moved(change.ids.clone(), change.queues.iter().cloned());
-            Ok((change, readied))
+            Ok((change, readied, steps))
         })?;
         commit.wait().await?;
         Ok(change)
@@ -380,8 +388,10 @@ impl Engine {
         &self,
         which: &FailedSelection<'_>,
     ) -> Result<FailedChange, EngineError> {
-        let (change, commit) =
-            self.write(|store, _| Ok((store.forget_failed(which)?, Readied::none())))?;
+        let (change, commit) = self.write(|store, _| {
+            let (change, steps) = store.plan_forget_failed(which)?;
+            Ok((change, Readied::none(), steps))
+        })?;
         commit.wait().await?;
         Ok(change)
     }
@@ -424,13 +434,19 @@ impl Engine {
         self.reaper_wake.notified().await;
     }
 
+    /// The last log record applied to the store (for checkpoints).
+    pub fn applied_lsn(&self) -> Result<Lsn, EngineError> {
+        self.with_store(|store, _| store.applied_lsn())
+    }
+
     /// Closes the tree: takes the store (every later operation fails with
-    /// [`EngineError::ShuttingDown`] before it does anything), stops the committer (whose
-    /// last commit makes every write let through durable and answers it), then flushes and
-    /// drops the store. With the reaper stopped, no sled handle is left when this returns.
-    pub async fn close(&self, committer: Committer) -> Result<(), StoreError> {
+    /// [`EngineError::ShuttingDown`] before it does anything), stops the log's writer
+    /// (whose last sync makes every record let through durable and answers it), then
+    /// flushes and drops the store. With the reaper and the checkpoints stopped, no sled
+    /// handle is left when this returns.
+    pub async fn close(&self, writer: Writer) -> Result<(), StoreError> {
         let store = self.state().store.take();
-        committer.stop().await;
+        writer.stop().await;
         match store {
             Some(store) => store.flush(),
             None => Ok(()),

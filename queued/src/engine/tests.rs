@@ -2,11 +2,11 @@
 //! the durable watermark.
 
 use super::*;
-use crate::commit::Committer;
+use crate::log;
 
 struct Fixture {
     engine: std::sync::Arc<Engine>,
-    committer: Committer,
+    writer: Writer,
     end: Shutdown,
     dir: tempfile::TempDir,
 }
@@ -14,18 +14,19 @@ struct Fixture {
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let db = sled::Config::new().path(dir.path()).open().unwrap();
-    let tree = securely_core::durable::DurableTree::open(db.clone(), dir.path()).unwrap();
-    let committer = Committer::start(tree).unwrap();
+    let store = Store::open(db).unwrap();
+    let (writer, _) = log::open(
+        &dir.path().join("log"),
+        0,
+        log::writer::SEGMENT_BYTES,
+        |_, _| unreachable!("a new log has nothing to replay"),
+    )
+    .unwrap();
     let end = Shutdown::new();
-    let engine = Engine::new(
-        Store::open(db).unwrap(),
-        committer.handle(),
-        Backoff::new(0, 0),
-        end.clone(),
-    );
+    let engine = Engine::new(store, writer.handle(), Backoff::new(0, 0), end.clone());
     Fixture {
         engine: std::sync::Arc::new(engine),
-        committer,
+        writer,
         end,
         dir,
     }
@@ -41,7 +42,7 @@ async fn a_waiting_reserve_gets_a_job_pushed_meanwhile() {
     let id = f.engine.push("q", b"late", 0, 1).await.unwrap();
     let job = waiter.await.unwrap().unwrap();
     assert_eq!((job.id, job.payload.as_slice()), (id, &b"late"[..]));
-    f.committer.stop().await;
+    f.writer.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +59,7 @@ async fn a_waiting_reserve_ends_at_the_end_switch_and_after_close_all_fail() {
         .expect("the wait ended promptly")
         .unwrap();
     assert!(matches!(result, Err(EngineError::ShuttingDown)));
-    f.engine.close(f.committer).await.unwrap();
+    f.engine.close(f.writer).await.unwrap();
     assert!(matches!(
         f.engine.push("q", b"x", 0, 1).await,
         Err(EngineError::ShuttingDown)
@@ -80,7 +81,7 @@ async fn pushes_cut_by_the_close_are_either_durable_or_without_effect() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(2)).await;
-    f.engine.close(f.committer).await.unwrap();
+    f.engine.close(f.writer).await.unwrap();
     let mut acknowledged = 0u64;
     for push in pushes {
         match push.await.unwrap() {
@@ -117,7 +118,7 @@ async fn reserving_plans_the_reaper_for_the_earliest_deadline() {
         f.engine.reap().unwrap().next_deadline_ms,
         Some(job.reserved_until_ms)
     );
-    f.committer.stop().await;
+    f.writer.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,5 +134,5 @@ async fn durable_jobs_show_and_the_hidden_set_stays_small_without_reserves() {
         assert_eq!(job.id, id);
     }
     assert_eq!(f.engine.state().hidden.len(), 0);
-    f.committer.stop().await;
+    f.writer.stop().await;
 }

@@ -3,7 +3,7 @@
 use sled::IVec;
 
 use super::records::{self, FailedRecord, JobRecord, JobState};
-use super::{FailedChange, FailedJob, FailedList, FailedSelection, Store, StoreError, keys};
+use super::{FailedChange, FailedJob, FailedList, FailedSelection, Redo, Store, StoreError, keys};
 
 /// A failed job picked for a retry or forget, with its `failed` key.
 type PickedFailed = (IVec, FailedRecord);
@@ -79,70 +79,59 @@ impl Store {
         Ok((picked, missing.into_iter().collect()))
     }
 
-    /// Puts the failed jobs `which` picks back on their queues, available at `now_ms`,
-    /// as new jobs with `max_tries` attempts (ids and payloads kept). Each job moves in
-    /// its own transaction.
-    pub fn retry_failed(
+    /// Plans putting the failed jobs `which` picks back on their queues, available at
+    /// `now_ms`, as new jobs with `max_tries` attempts (ids and payloads kept).
+    pub fn plan_retry_failed(
         &self,
         which: &FailedSelection<'_>,
         now_ms: u64,
         max_tries: u32,
-    ) -> Result<FailedChange, StoreError> {
+    ) -> Result<(FailedChange, Vec<Redo>), StoreError> {
         let (picked, missing) = self.select_failed(which)?;
         let mut change = FailedChange {
             missing,
             ..FailedChange::default()
         };
-        for (key, record) in picked {
-            let moved = self.transact(|tx| {
-                if tx.failed.remove(key.clone())?.is_none() {
-                    return Ok(false);
-                }
-                let mut job = JobRecord {
-                    queue: record.queue.clone(),
-                    max_tries,
-                    attempts: 0,
-                    created_at_ms: now_ms,
-                    state: JobState::Waiting {
-                        available_at_ms: now_ms,
-                    },
-                };
-                tx.wait(record.id, &mut job, now_ms)?;
-                tx.count(&record.queue, |c| {
-                    c.failed = c.failed.saturating_sub(1);
-                    c.waiting += 1;
-                })?;
-                Ok(true)
-            })?;
-            if moved {
-                change.ids.push(record.id);
-                change.queues.insert(record.queue);
-            }
+        let mut steps = Vec::with_capacity(picked.len());
+        for (_, failed) in picked {
+            let record = JobRecord {
+                queue: failed.queue.clone(),
+                max_tries,
+                attempts: 0,
+                created_at_ms: now_ms,
+                state: JobState::Waiting {
+                    available_at_ms: now_ms,
+                },
+            };
+            steps.push(Redo::Moved {
+                id: failed.id,
+                record,
+            });
+            change.ids.push(failed.id);
+            change.queues.insert(failed.queue);
         }
-        Ok(change)
+        Ok((change, steps))
     }
 
-    /// Removes the failed jobs `which` picks, payloads included.
-    pub fn forget_failed(&self, which: &FailedSelection<'_>) -> Result<FailedChange, StoreError> {
+    /// Plans removing the failed jobs `which` picks, payloads included.
+    pub fn plan_forget_failed(
+        &self,
+        which: &FailedSelection<'_>,
+    ) -> Result<(FailedChange, Vec<Redo>), StoreError> {
         let (picked, missing) = self.select_failed(which)?;
         let mut change = FailedChange {
             missing,
             ..FailedChange::default()
         };
-        for (key, record) in picked {
-            let removed = self.transact(|tx| {
-                if tx.failed.remove(key.clone())?.is_none() {
-                    return Ok(false);
-                }
-                tx.payloads.remove(keys::id_key(record.id))?;
-                tx.count(&record.queue, |c| c.failed = c.failed.saturating_sub(1))?;
-                Ok(true)
-            })?;
-            if removed {
-                change.ids.push(record.id);
-                change.queues.insert(record.queue);
-            }
+        let mut steps = Vec::with_capacity(picked.len());
+        for (_, failed) in picked {
+            steps.push(Redo::Forgotten {
+                queue: failed.queue.clone(),
+                id: failed.id,
+            });
+            change.ids.push(failed.id);
+            change.queues.insert(failed.queue);
         }
-        Ok(change)
+        Ok((change, steps))
     }
 }

@@ -6,17 +6,21 @@
 //! - `ready`: `(queue, available_at_ms, id)` -> empty, the waiting jobs in FIFO order;
 //! - `reserved`: `(deadline_ms, id)` -> empty, the reservations by expiry;
 //! - `failed`: `(queue, id)` -> [`FailedRecord`];
-//! - `counters`: queue -> [`QueueCounts`].
+//! - `counters`: queue -> [`QueueCounts`];
+//! - `meta`: the sequence number of the last log record applied (see [`redo`]).
 //!
-//! Every transition (push, reserve, ack, fail, expire) is one sled transaction over the
-//! record, its index entries and the counters, so a crash never leaves a job in two states
-//! or none. The store does not serialise callers itself and never flushes: the caller
-//! holds one lock around it (see [`crate::engine`]) and makes writes durable through the
-//! committer (see [`crate::commit`]).
+//! Every transition of a job is one sled transaction over the record, its index entries
+//! and the counters, so a crash never leaves a job in two states or none. The durable
+//! operations (push, ack, fail, retry and forget of failed jobs) are planned first, as
+//! [`Redo`] steps, then applied together with their log record's number; reserve and the
+//! reaper's moves change the trees directly and are not logged. The store does not
+//! serialise callers itself and never flushes: the caller holds one lock around it (see
+//! [`crate::engine`]) and makes operations durable through the log (see [`crate::log`]).
 
 mod failed;
 pub mod keys;
 pub mod records;
+pub mod redo;
 mod tx;
 mod types;
 
@@ -24,7 +28,8 @@ use sled::transaction::TransactionError;
 use sled::{Db, IVec, Transactional, Tree};
 
 use crate::backoff::Backoff;
-use records::{JobRecord, JobState, QueueCounts, RecordError};
+use records::{FailedRecord, JobRecord, JobState, QueueCounts, RecordError};
+pub use redo::Redo;
 use tx::{Tx, TxResult, abort};
 pub use types::{
     FailOutcome, FailedChange, FailedJob, FailedList, FailedSelection, NewJob, QueueStats, Reaped,
@@ -83,6 +88,7 @@ pub struct Store {
     reserved: Tree,
     failed: Tree,
     counters: Tree,
+    meta: Tree,
 }
 
 /// Tree names.
@@ -92,6 +98,7 @@ const READY: &str = "ready";
 const RESERVED: &str = "reserved";
 const FAILED: &str = "failed";
 const COUNTERS: &str = "counters";
+const META: &str = "meta";
 
 impl Store {
     /// Opens (creating if needed) the queue's trees in `db`.
@@ -103,6 +110,7 @@ impl Store {
             reserved: db.open_tree(RESERVED)?,
             failed: db.open_tree(FAILED)?,
             counters: db.open_tree(COUNTERS)?,
+            meta: db.open_tree(META)?,
             db,
         })
     }
@@ -121,26 +129,30 @@ impl Store {
             &self.reserved,
             &self.failed,
             &self.counters,
+            &self.meta,
         );
         trees
-            .transaction(|(jobs, payloads, ready, reserved, failed, counters)| {
-                f(&Tx {
-                    jobs,
-                    payloads,
-                    ready,
-                    reserved,
-                    failed,
-                    counters,
-                })
-            })
+            .transaction(
+                |(jobs, payloads, ready, reserved, failed, counters, meta)| {
+                    f(&Tx {
+                        jobs,
+                        payloads,
+                        ready,
+                        reserved,
+                        failed,
+                        counters,
+                        meta,
+                    })
+                },
+            )
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })
     }
 
-    /// Enqueues a job and returns its id (never 0).
-    pub fn push(&self, job: NewJob<'_>, now_ms: u64) -> Result<u64, StoreError> {
+    /// Plans the push of `job`: its id (never 0) and the step that enqueues it.
+    pub fn plan_push(&self, job: NewJob<'_>, now_ms: u64) -> Result<(u64, Vec<Redo>), StoreError> {
         let id = self
             .db
             .generate_id()?
@@ -155,16 +167,15 @@ impl Store {
                 available_at_ms: job.available_at_ms,
             },
         };
-        self.transact(|tx| {
-            let mut record = record.clone();
-            tx.payloads.insert(keys::id_key(id), job.payload)?;
-            tx.wait(id, &mut record, job.available_at_ms)?;
-            tx.count(job.queue, |c| {
-                c.waiting += 1;
-                c.pushed_total += 1;
-            })
-        })?;
-        Ok(id)
+        let payload = job.payload.to_vec();
+        Ok((
+            id,
+            vec![Redo::Pushed {
+                id,
+                record,
+                payload,
+            }],
+        ))
     }
 
     /// Reserves the oldest job of `queue` available at `now_ms` for `timeout_ms`,
@@ -250,62 +261,56 @@ impl Store {
         Ok(None)
     }
 
-    /// Removes a reserved job (its work is done).
-    pub fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), StoreError> {
-        self.transact(|tx| {
-            let Some(job) = tx.job(id)? else {
-                return abort(StoreError::NotReserved(id));
-            };
-            let JobState::Reserved { until_ms } = job.state else {
-                return abort(StoreError::NotReserved(id));
-            };
-            if let Err(e) = check_attempt(id, &job, attempt) {
-                return abort(e);
-            }
-            tx.jobs.remove(keys::id_key(id))?;
-            tx.payloads.remove(keys::id_key(id))?;
-            tx.reserved.remove(keys::reserved_key(until_ms, id))?;
-            tx.count(&job.queue, |c| c.reserved = c.reserved.saturating_sub(1))
-        })
+    /// The live job `id`, reserved at `attempt` (if given), with its reservation's deadline.
+    fn reserved_job(&self, id: u64, attempt: Option<u32>) -> Result<(JobRecord, u64), StoreError> {
+        let job: JobRecord = match self.jobs.get(keys::id_key(id))? {
+            Some(bytes) => records::decode("job", &bytes)?,
+            None => return Err(StoreError::NotReserved(id)),
+        };
+        let JobState::Reserved { until_ms } = job.state else {
+            return Err(StoreError::NotReserved(id));
+        };
+        check_attempt(id, &job, attempt)?;
+        Ok((job, until_ms))
     }
 
-    /// Records a failed attempt of a reserved job: back to its queue after the backoff,
-    /// or to the failed list after its last attempt.
-    pub fn fail(
+    /// Plans the removal of a reserved job (its work is done).
+    pub fn plan_ack(&self, id: u64, attempt: Option<u32>) -> Result<Vec<Redo>, StoreError> {
+        self.reserved_job(id, attempt)?;
+        Ok(vec![Redo::Removed { id }])
+    }
+
+    /// Plans a failed attempt of a reserved job: back to its queue after the backoff, or
+    /// to the failed list after its last attempt.
+    pub fn plan_fail(
         &self,
         id: u64,
         attempt: Option<u32>,
         error: &str,
         now_ms: u64,
         backoff: &Backoff,
-    ) -> Result<FailOutcome, StoreError> {
-        self.transact(|tx| {
-            let Some(mut job) = tx.job(id)? else {
-                return abort(StoreError::NotReserved(id));
+    ) -> Result<(FailOutcome, Vec<Redo>), StoreError> {
+        let (mut job, _) = self.reserved_job(id, attempt)?;
+        if job.attempts < job.max_tries {
+            let at_ms = now_ms.saturating_add(backoff.delay_ms(job.attempts));
+            job.state = JobState::Waiting {
+                available_at_ms: at_ms,
             };
-            let JobState::Reserved { until_ms } = job.state else {
-                return abort(StoreError::NotReserved(id));
+            let outcome = FailOutcome::Retry {
+                queue: job.queue.clone(),
+                at_ms,
             };
-            if let Err(e) = check_attempt(id, &job, attempt) {
-                return abort(e);
-            }
-            tx.reserved.remove(keys::reserved_key(until_ms, id))?;
-            if job.attempts < job.max_tries {
-                let at_ms = now_ms.saturating_add(backoff.delay_ms(job.attempts));
-                tx.wait(id, &mut job, at_ms)?;
-                tx.count(&job.queue, |c| {
-                    c.reserved = c.reserved.saturating_sub(1);
-                    c.waiting += 1;
-                })?;
-                Ok(FailOutcome::Retry {
-                    queue: job.queue.clone(),
-                    at_ms,
-                })
-            } else {
-                tx.fail_for_good(id, &job, error, now_ms)?;
-                Ok(FailOutcome::Failed)
-            }
-        })
+            Ok((outcome, vec![Redo::Moved { id, record: job }]))
+        } else {
+            let record = FailedRecord {
+                id,
+                queue: job.queue,
+                attempts: job.attempts,
+                error: error.to_string(),
+                failed_at_ms: now_ms,
+            };
+            Ok((FailOutcome::Failed, vec![Redo::Failed { record }]))
+        }
     }
 
     /// Handles at most `limit` reservations that expired by `now_ms`: back to their queue

@@ -12,6 +12,76 @@ fn open() -> (Store, tempfile::TempDir) {
     (Store::open(db).unwrap(), dir)
 }
 
+/// The durable operations as the engine runs them: planned, then applied as the next
+/// log record.
+pub(super) trait Ops {
+    fn push(&self, job: NewJob<'_>, now_ms: u64) -> Result<u64, StoreError>;
+    fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), StoreError>;
+    fn fail(
+        &self,
+        id: u64,
+        attempt: Option<u32>,
+        error: &str,
+        now_ms: u64,
+        backoff: &Backoff,
+    ) -> Result<FailOutcome, StoreError>;
+    fn retry_failed(
+        &self,
+        which: &FailedSelection<'_>,
+        now_ms: u64,
+        max_tries: u32,
+    ) -> Result<FailedChange, StoreError>;
+    fn forget_failed(&self, which: &FailedSelection<'_>) -> Result<FailedChange, StoreError>;
+}
+
+impl Store {
+    fn apply_next(&self, steps: &[Redo]) -> Result<(), StoreError> {
+        self.apply(self.applied_lsn()? + 1, steps)
+    }
+}
+
+impl Ops for Store {
+    fn push(&self, job: NewJob<'_>, now_ms: u64) -> Result<u64, StoreError> {
+        let (id, steps) = self.plan_push(job, now_ms)?;
+        self.apply_next(&steps)?;
+        Ok(id)
+    }
+
+    fn ack(&self, id: u64, attempt: Option<u32>) -> Result<(), StoreError> {
+        self.apply_next(&self.plan_ack(id, attempt)?)
+    }
+
+    fn fail(
+        &self,
+        id: u64,
+        attempt: Option<u32>,
+        error: &str,
+        now_ms: u64,
+        backoff: &Backoff,
+    ) -> Result<FailOutcome, StoreError> {
+        let (outcome, steps) = self.plan_fail(id, attempt, error, now_ms, backoff)?;
+        self.apply_next(&steps)?;
+        Ok(outcome)
+    }
+
+    fn retry_failed(
+        &self,
+        which: &FailedSelection<'_>,
+        now_ms: u64,
+        max_tries: u32,
+    ) -> Result<FailedChange, StoreError> {
+        let (change, steps) = self.plan_retry_failed(which, now_ms, max_tries)?;
+        self.apply_next(&steps)?;
+        Ok(change)
+    }
+
+    fn forget_failed(&self, which: &FailedSelection<'_>) -> Result<FailedChange, StoreError> {
+        let (change, steps) = self.plan_forget_failed(which)?;
+        self.apply_next(&steps)?;
+        Ok(change)
+    }
+}
+
 fn push(store: &Store, queue: &str, payload: &[u8], available_at_ms: u64, max_tries: u32) -> u64 {
     store
         .push(

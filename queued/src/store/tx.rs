@@ -21,6 +21,7 @@ pub(super) struct Tx<'a> {
     pub(super) reserved: &'a TransactionalTree,
     pub(super) failed: &'a TransactionalTree,
     pub(super) counters: &'a TransactionalTree,
+    pub(super) meta: &'a TransactionalTree,
 }
 
 impl Tx<'_> {
