@@ -13,7 +13,7 @@ use crate::bind;
 use crate::cli::{DaemonArgs, Parsed};
 use crate::control::{ControlService, DaemonInfo};
 use crate::listen_fds::{InheritedFds, ListenFdsError, names};
-use crate::readiness::{Command, Notice, Notifier, NotifyFdError};
+use crate::readiness::{Command, DaemonPhase, Notice, Notifier, NotifyFdError};
 use crate::rpc::Access;
 use crate::settings::{LoadError, SETTINGS_ENV, Settings, SettingsError};
 use crate::shutdown::{Shutdown, ShutdownKind};
@@ -219,6 +219,14 @@ impl Daemon {
                 None => std::future::pending::<()>().await,
             }
         }
+    }
+
+    /// Tells the supervisor that the daemon entered `phase` (systemd is not told).
+    pub fn phase(&self, phase: DaemonPhase, detail: impl Into<String>) {
+        self.notifier.notify(Notice::Phase {
+            phase,
+            detail: detail.into(),
+        });
     }
 
     /// Tells the supervisor that the sled tree is closed (after `RELEASE`).

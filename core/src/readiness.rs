@@ -2,7 +2,8 @@
 //!
 //! Under the supervisor, the daemon inherits one end of a stream socket pair whose fd is
 //! in `SECURELY_NOTIFY_FD`, and writes sd_notify-style lines on it (`READY=1`,
-//! `STOPPING=1`, `STATUS=...`, plus the hand-over's `PREPARED=1` and `RELEASED=1`). The
+//! `STOPPING=1`, `STATUS=...`, plus the hand-over's `PREPARED=1` and `RELEASED=1`, and
+//! `PHASE=<name>[ <detail>]` for each phase of its own it enters, see [`DaemonPhase`]). The
 //! supervisor writes [`Command`]s the other way (`ACQUIRE`, `RELEASE`, `RESUME`), and the
 //! same fd tells the daemon when the supervisor is gone: reading it returns end-of-file.
 //! Standalone under systemd, the daemon speaks sd_notify on `NOTIFY_SOCKET` instead.
@@ -71,6 +72,33 @@ pub enum Notice {
     Prepared,
     /// The sled tree is closed after [`Command::Release`].
     Released,
+    /// The daemon entered `phase` (`detail`: one line, possibly empty).
+    Phase {
+        /// The phase.
+        phase: DaemonPhase,
+        /// What goes with it.
+        detail: String,
+    },
+}
+
+pub use securely_proto::supervisor::DaemonPhase;
+
+/// The prefix of every [`DaemonPhase`] value's name in the contract.
+const PHASE_PREFIX: &str = "DAEMON_PHASE_";
+
+/// A phase's name in `PHASE=` lines and events: its name in the contract after
+/// `DAEMON_PHASE_`, in lowercase (`opening`).
+pub fn phase_name(phase: DaemonPhase) -> String {
+    let name = phase.as_str_name();
+    name.strip_prefix(PHASE_PREFIX)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+}
+
+/// The phase named `name` ([`phase_name`]'s inverse); unknown names give `None`.
+pub fn parse_phase(name: &str) -> Option<DaemonPhase> {
+    DaemonPhase::from_str_name(&format!("{PHASE_PREFIX}{}", name.to_ascii_uppercase()))
+        .filter(|phase| *phase != DaemonPhase::Unspecified)
 }
 
 impl Notice {
@@ -83,6 +111,12 @@ impl Notice {
             Notice::Reloading => "RELOADING=1".into(),
             Notice::Prepared => "PREPARED=1".into(),
             Notice::Released => "RELEASED=1".into(),
+            Notice::Phase { phase, detail } if detail.is_empty() => {
+                format!("PHASE={}", phase_name(*phase))
+            }
+            Notice::Phase { phase, detail } => {
+                format!("PHASE={} {}", phase_name(*phase), detail.replace('\n', " "))
+            }
         }
     }
 
@@ -94,9 +128,19 @@ impl Notice {
             "RELOADING=1" => Some(Notice::Reloading),
             "PREPARED=1" => Some(Notice::Prepared),
             "RELEASED=1" => Some(Notice::Released),
-            other => other
-                .strip_prefix("STATUS=")
-                .map(|s| Notice::Status(s.to_string())),
+            other => {
+                if let Some(status) = other.strip_prefix("STATUS=") {
+                    return Some(Notice::Status(status.to_string()));
+                }
+                let (name, detail) = other
+                    .strip_prefix("PHASE=")?
+                    .split_once(' ')
+                    .unwrap_or((other.strip_prefix("PHASE=")?, ""));
+                Some(Notice::Phase {
+                    phase: parse_phase(name)?,
+                    detail: detail.to_string(),
+                })
+            }
         }
     }
 }
@@ -230,8 +274,8 @@ impl Notifier {
                         ]);
                         return;
                     }
-                    // Hand-over lines mean nothing to systemd.
-                    Notice::Prepared | Notice::Released => return,
+                    // Hand-over lines and phases mean nothing to systemd.
+                    Notice::Prepared | Notice::Released | Notice::Phase { .. } => return,
                 };
                 let _ = sd_notify::notify(&[state]);
             }
@@ -342,5 +386,36 @@ mod tests {
             matches!(err, NotifyFdError::Inherited(fd) if fd == raw),
             "{err}"
         );
+    }
+
+    #[test]
+    fn phase_lines_carry_the_contracts_names_and_a_detail() {
+        let stopping = Notice::Phase {
+            phase: DaemonPhase::Stopping,
+            detail: "graceful".into(),
+        };
+        assert_eq!(stopping.to_line(), "PHASE=stopping graceful");
+        assert_eq!(Notice::parse("PHASE=stopping graceful\n"), Some(stopping));
+        let released = Notice::Phase {
+            phase: DaemonPhase::Released,
+            detail: String::new(),
+        };
+        assert_eq!(released.to_line(), "PHASE=released");
+        assert_eq!(Notice::parse("PHASE=released"), Some(released));
+        let failed = Notice::Phase {
+            phase: DaemonPhase::Stopped,
+            detail: "cannot close\nthe tree".into(),
+        };
+        assert_eq!(failed.to_line(), "PHASE=stopped cannot close the tree");
+        for unknown in ["PHASE=", "PHASE=unspecified", "PHASE=dancing fast", "PHASE"] {
+            assert_eq!(Notice::parse(unknown), None, "{unknown}");
+        }
+        for phase in [
+            DaemonPhase::Opening,
+            DaemonPhase::Drained,
+            DaemonPhase::Resuming,
+        ] {
+            assert_eq!(parse_phase(&phase_name(phase)), Some(phase));
+        }
     }
 }

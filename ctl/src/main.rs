@@ -69,8 +69,8 @@ enum Command {
         dir: PathBuf,
     },
     /// Follow the stack: its current state, then one line per event (supervisor phase,
-    /// daemon state, restart, upgrade) until Ctrl-C, the supervisor stops, or it
-    /// re-executes for an upgrade.
+    /// daemon state, a daemon's own phase, restart, upgrade) until Ctrl-C, the supervisor
+    /// stops, or it re-executes for an upgrade.
     Watch {
         /// One JSON object per line.
         #[arg(long)]

@@ -7,7 +7,8 @@ use std::os::fd::{IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
@@ -20,6 +21,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
 
 use crate::carried::Exported;
+use crate::events::SlotRecorder;
 use crate::sys;
 
 /// A running daemon instance. Dropped while it runs (a failed start, a panic), it is
@@ -34,7 +36,14 @@ pub struct Instance {
     commands: Mutex<Option<OwnedWriteHalf>>,
     /// Left running on drop (exported, or handed to a retiring task's caller).
     disarmed: bool,
+    /// Where the phases it reports are published.
+    reporter: Option<Arc<SlotRecorder>>,
 }
+
+/// How long the notices still in the socket of an instance that exited are read for
+/// (its end is closed, so they are there at once; a copy of its end held by another
+/// process would keep the socket open).
+const NOTICE_FLUSH: Duration = Duration::from_millis(200);
 
 impl Instance {
     /// Follows `pid`, a child of this process, talking to it over `channel`.
@@ -50,7 +59,15 @@ impl Instance {
             notices: Mutex::new(Some(BufReader::new(reader).lines())),
             commands: Mutex::new(Some(commands)),
             disarmed: false,
+            reporter: None,
         })
+    }
+
+    /// Publishes the phases the instance reports on `recorder` (they are read along with
+    /// its other notices).
+    pub fn reporting_to(mut self, recorder: Arc<SlotRecorder>) -> Self {
+        self.reporter = Some(recorder);
+        self
     }
 
     /// Takes back an instance handed across the supervisor's exec.
@@ -100,23 +117,35 @@ impl Instance {
         self.pid
     }
 
-    /// The next notice; `None` once the instance closed its end (it is exiting).
+    /// The next notice; `None` once the instance closed its end (it is exiting). The
+    /// phases it reports on the way are published, not returned.
     pub async fn next_notice(&self) -> Option<Notice> {
         let mut notices = self.notices.lock().await;
         loop {
             let lines = notices.as_mut()?;
             match lines.next_line().await {
-                Ok(Some(line)) => {
-                    if let Some(notice) = Notice::parse(&line) {
-                        return Some(notice);
+                Ok(Some(line)) => match Notice::parse(&line) {
+                    Some(Notice::Phase { phase, detail }) => {
+                        if let Some(reporter) = &self.reporter {
+                            reporter.daemon_phase(self.pid, phase, detail);
+                        }
                     }
-                }
+                    Some(notice) => return Some(notice),
+                    None => {}
+                },
                 _ => {
                     *notices = None;
                     return None;
                 }
             }
         }
+    }
+
+    /// Reads what is left of the notices of an instance that exited (bounded by
+    /// [`NOTICE_FLUSH`]), so that the phases it reported last come before its exit.
+    pub async fn flush_notices(&self) {
+        let rest = async { while self.next_notice().await.is_some() {} };
+        let _ = tokio::time::timeout(NOTICE_FLUSH, rest).await;
     }
 
     /// Sends a hand-over command; false when the instance no longer listens.

@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use securely_core::readiness::{DaemonPhase, phase_name};
 use securely_proto::supervisor::Event;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -334,6 +335,19 @@ impl SlotRecorder {
             state: state.into(),
             pid,
             detail,
+            ..Default::default()
+        });
+    }
+
+    /// Publishes a phase instance `pid` reported itself.
+    pub fn daemon_phase(&self, pid: u32, phase: DaemonPhase, detail: String) {
+        self.events.publish(Event {
+            kind: "daemon_phase".into(),
+            daemon: self.name.into(),
+            state: phase_name(phase),
+            pid,
+            detail,
+            phase: phase.into(),
             ..Default::default()
         });
     }

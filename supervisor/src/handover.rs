@@ -16,6 +16,7 @@
 //! A stop of the stack at any point abandons the hand-over: new is stopped, and the
 //! caller stops old.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use securely_core::readiness::{Command, Notice};
@@ -60,7 +61,7 @@ enum Missed {
 pub async fn run(
     spec: &SlotSpec,
     old: Option<&Instance>,
-    status: &SlotRecorder,
+    status: &Arc<SlotRecorder>,
     shutdown: &Shutdown,
 ) -> Result<Instance, HandoverError> {
     let deadline = Instant::now() + START_TIMEOUT;
@@ -68,12 +69,12 @@ pub async fn run(
 
     // Phase: spawn.
     let fds = spec.sockets.fds();
-    let new = spawn::spawn(&spec.binary, &fds, &spec.settings_yaml).map_err(|e| {
-        HandoverError::Failed {
+    let new = spawn::spawn(&spec.binary, &fds, &spec.settings_yaml)
+        .map_err(|e| HandoverError::Failed {
             reason: format!("{e:#}"),
             old_lost: old.is_none(),
-        }
-    })?;
+        })?
+        .reporting_to(status.clone());
     tracing::info!(daemon = name, pid = new.pid, "started");
     if old.is_none() {
         status.send_modify(|s| s.pid = new.pid);

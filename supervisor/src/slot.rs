@@ -252,7 +252,8 @@ impl Supervision {
             }
         }
         let exported = adopted.current?;
-        match Instance::adopt(exported) {
+        let adopted = Instance::adopt(exported).map(|i| i.reporting_to(self.status.clone()));
+        match adopted {
             Ok(instance) => {
                 tracing::info!(daemon = self.spec.name, pid = instance.pid, "adopted");
                 self.now_serving(&instance);
@@ -318,6 +319,7 @@ impl Supervision {
                     None => notices_open = false,
                 },
                 exit = instance.wait() => {
+                    instance.flush_notices().await;
                     let stable = self
                         .status
                         .borrow()

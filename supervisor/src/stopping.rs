@@ -47,13 +47,17 @@ pub async fn stop_fast(instance: &Instance) {
 
 /// Waits for an instance already told to stop, for at most `patience`; a fast stop of
 /// the stack meanwhile sends SIGINT and shortens the wait; an instance that overstays is
-/// killed. Returns how it ended.
+/// killed. Its notices are read meanwhile, so the phases it reports are published.
+/// Returns how it ended.
 pub async fn drain(instance: &Instance, patience: Duration, shutdown: &Shutdown) -> String {
     let mut deadline = tokio::time::Instant::now() + patience;
     let mut hurried = false;
+    let mut notices_open = true;
     let exit = loop {
         tokio::select! {
             exit = instance.wait() => break Some(exit),
+            // Read for the phases it reports as it stops (published as they are read).
+            notice = instance.next_notice(), if notices_open => notices_open = notice.is_some(),
             () = tokio::time::sleep_until(deadline) => break None,
             () = shutdown.wait_fast(), if !hurried => {
                 hurried = true;
@@ -62,7 +66,7 @@ pub async fn drain(instance: &Instance, patience: Duration, shutdown: &Shutdown)
             }
         }
     };
-    match exit {
+    let how = match exit {
         Some(exit) => child::describe_exit(exit),
         None => {
             tracing::warn!(
@@ -72,5 +76,7 @@ pub async fn drain(instance: &Instance, patience: Duration, shutdown: &Shutdown)
             let _ = instance.kill().await;
             "killed after overstaying its stop".into()
         }
-    }
+    };
+    instance.flush_notices().await;
+    how
 }

@@ -15,9 +15,12 @@ use serde_json::Value;
 /// A bound on each awaited event, not a speed goal.
 const WITHIN: Duration = Duration::from_secs(20);
 
-/// The next event about dnsd, which must be of `kind` and `state`.
+/// The next event about dnsd, which must be of `kind` and `state` (the phases dnsd
+/// reports itself are `daemon_phases.rs`'s).
 fn next_dnsd(watcher: &mut Watcher, kind: &str, state: &str) -> Value {
-    let event = watcher.until(state, WITHIN, |e| e["daemon"] == "dnsd");
+    let event = watcher.until(state, WITHIN, |e| {
+        e["daemon"] == "dnsd" && e["kind"] != "daemon_phase"
+    });
     assert!(is(&event, kind, "dnsd", state), "{event}");
     event
 }

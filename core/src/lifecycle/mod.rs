@@ -33,6 +33,12 @@
 //! 6. **stop**: `STOPPING=1`; the data plane stops (graceful: drains until the grace
 //!    period ends or a fast request); if serving, the tenant's `ending`, gRPC stops (same
 //!    deadline; fast: at once) and the tree closes.
+//!
+//! Under the supervisor, the driver also reports where it is, as `PHASE=` lines
+//! ([`DaemonPhase`]): `opening` (open, also to resume), `serving` (before `READY=1`),
+//! `releasing` and `released` (before `RELEASED=1`), `resuming`, `stopping` (before
+//! `STOPPING=1`, with "graceful" or "fast"), `drained` (the data plane has stopped) and,
+//! after its turn came, `stopped` (with the error, if it ends with one) however it ends.
 
 #[cfg(test)]
 mod tests;
@@ -44,7 +50,7 @@ use tonic::service::Routes;
 
 use crate::control::ControlService;
 use crate::daemon::{Daemon, StartError};
-use crate::readiness::Command;
+use crate::readiness::{Command, DaemonPhase};
 use crate::rpc::RpcServer;
 use crate::shutdown::{Shutdown, ShutdownKind};
 use crate::tenure::{Answering, BoxError, CloseError, DataPlane, Tenant};
@@ -105,16 +111,13 @@ pub async fn run<T: Tenant, P: DataPlane>(
         control,
         listener: None,
     };
-    // Phase: open.
-    let tenure = match driver.open().await {
-        Opening::Opened(tenure) => tenure,
-        Opening::Stopped => return Ok(()),
-        Opening::Failed(e) => return Err(RunError::Open(e)),
+    let result = driver.run().await;
+    let detail = match &result {
+        Ok(()) => String::new(),
+        Err(e) => Chain(e).to_string(),
     };
-    // Phase: start.
-    let (state, answering) = driver.start(tenure).await?;
-    // Phases: serve, release, resume, stop.
-    driver.serve(state, Some(answering)).await
+    driver.daemon.phase(DaemonPhase::Stopped, detail);
+    result
 }
 
 /// The state between two events.
@@ -166,8 +169,23 @@ impl<T: Tenant, P: DataPlane> Driver<'_, T, P> {
         self.daemon.shutdown.clone()
     }
 
+    /// The phases from open to the end of stop.
+    async fn run(&mut self) -> Result<(), RunError> {
+        // Phase: open.
+        let tenure = match self.open().await {
+            Opening::Opened(tenure) => tenure,
+            Opening::Stopped => return Ok(()),
+            Opening::Failed(e) => return Err(RunError::Open(e)),
+        };
+        // Phase: start.
+        let (state, answering) = self.start(tenure).await?;
+        // Phases: serve, release, resume, stop.
+        self.serve(state, Some(answering)).await
+    }
+
     /// Opens a tenure unless a shutdown request comes first.
     async fn open(&mut self) -> Opening<T::Tenure> {
+        self.daemon.phase(DaemonPhase::Opening, "");
         let shutdown = self.shutdown();
         tokio::select! {
             biased;
@@ -247,6 +265,7 @@ impl<T: Tenant, P: DataPlane> Driver<'_, T, P> {
     fn ready(&self, tenure: &T::Tenure) {
         let status = self.tenant.status(tenure);
         tracing::info!("ready: {status}");
+        self.daemon.phase(DaemonPhase::Serving, "");
         self.daemon.ready(status);
     }
 
@@ -368,6 +387,7 @@ impl<T: Tenant, P: DataPlane> Driver<'_, T, P> {
             calls = grpc.calls_in_flight(),
             "releasing the sled tree: stopping gRPC"
         );
+        self.daemon.phase(DaemonPhase::Releasing, "");
         let shutdown = self.shutdown();
         let deadline = Instant::now() + self.daemon.settings.grace_period();
         self.tenant.ending(&tenure);
@@ -375,6 +395,7 @@ impl<T: Tenant, P: DataPlane> Driver<'_, T, P> {
         match self.tenant.close(tenure, shutdown.wait_fast()).await {
             Ok(()) => {
                 tracing::info!("released the sled tree; serving on without it");
+                self.daemon.phase(DaemonPhase::Released, "");
                 self.daemon.released();
                 Ok(())
             }
@@ -389,6 +410,7 @@ impl<T: Tenant, P: DataPlane> Driver<'_, T, P> {
     /// Phase resume: the tree again, gRPC again, `READY=1`.
     async fn resume(&mut self) -> Opening<State<T::Tenure>> {
         tracing::info!("resuming after a failed hand-over: reopening the sled tree");
+        self.daemon.phase(DaemonPhase::Resuming, "");
         let tenure = match self.open().await {
             Opening::Opened(tenure) => tenure,
             Opening::Stopped => return Opening::Stopped,
@@ -425,10 +447,12 @@ impl<T: Tenant, P: DataPlane> Driver<'_, T, P> {
         mut failure: Option<RunError>,
     ) -> Result<(), RunError> {
         let shutdown = self.shutdown();
+        self.daemon.phase(DaemonPhase::Stopping, kind_name(kind));
         self.daemon.stopping();
         tracing::info!(?kind, "stopping");
         let deadline = Instant::now() + self.daemon.settings.grace_period();
         self.plane.stop(kind, deadline, shutdown.wait_fast()).await;
+        self.daemon.phase(DaemonPhase::Drained, "");
         if let State::Serving { tenure, grpc } = state {
             self.tenant.ending(&tenure);
             stop_grpc(grpc, kind, &shutdown, deadline).await;
@@ -465,7 +489,15 @@ async fn stop_grpc(grpc: RpcServer, kind: ShutdownKind, shutdown: &Shutdown, dea
     grpc.stop_within(deadline, shutdown.wait_fast()).await;
 }
 
-/// An error with its sources, `: `-separated, for the log.
+/// "graceful" or "fast", for the stopping phase.
+fn kind_name(kind: ShutdownKind) -> &'static str {
+    match kind {
+        ShutdownKind::Graceful => "graceful",
+        ShutdownKind::Fast => "fast",
+    }
+}
+
+/// An error with its sources, `: `-separated, for the log and the stopped phase.
 struct Chain<'a>(&'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for Chain<'_> {

@@ -275,13 +275,24 @@ fn a_release_and_a_resume_move_the_tree_while_the_data_plane_serves_on() {
     assert_eq!(h.journal(), ["open", "start"]);
     h.answer.take().unwrap().send(Ok(())).unwrap();
     let before = h.expect("READY=1");
-    assert_eq!(before, ["STATUS=0 keys"]);
-    h.expect("RELEASED=1");
+    // Each phase reported before the line it goes with.
+    assert_eq!(before, ["PHASE=opening", "PHASE=serving", "STATUS=0 keys"]);
+    let before = h.expect("RELEASED=1");
+    assert_eq!(before, ["PHASE=releasing", "PHASE=released"]);
     assert_eq!(h.journal(), ["open", "start", "ending", "close"]);
 
     h.send(Command::Release);
     h.send(Command::Resume);
-    h.expect("READY=1");
+    let before = h.expect("READY=1");
+    assert_eq!(
+        before,
+        [
+            "PHASE=resuming",
+            "PHASE=opening",
+            "PHASE=serving",
+            "STATUS=0 keys"
+        ]
+    );
     assert_eq!(status(&h.socket()), "ready");
     assert_eq!(
         h.journal(),
@@ -290,7 +301,8 @@ fn a_release_and_a_resume_move_the_tree_while_the_data_plane_serves_on() {
     );
 
     shutdown.request(ShutdownKind::Graceful);
-    h.expect("STOPPING=1");
+    assert_eq!(h.expect("STOPPING=1"), ["PHASE=stopping graceful"]);
+    assert_eq!(h.expect("PHASE=stopped"), ["PHASE=drained"]);
     thread.join().unwrap().unwrap();
     assert_eq!(
         h.journal(),
