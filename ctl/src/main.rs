@@ -14,6 +14,7 @@ mod queue;
 mod sites;
 mod stack;
 mod target;
+mod trust;
 mod watch;
 
 use std::path::PathBuf;
@@ -245,6 +246,10 @@ enum Command {
         #[arg(long, value_name = "QUEUE")]
         queue: Option<String>,
     },
+    /// Remove the local CA certificate from every store `ca:trust` put it in (the system
+    /// store, NSS databases, Java's cacerts), one line per store.
+    #[command(name = "ca:untrust")]
+    CaUntrust,
     /// Per-queue counts.
     #[command(name = "queue:stats")]
     QueueStats {
@@ -282,11 +287,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Man { dir } => return docs::man(dir),
+        Command::CaUntrust => return trust::ca_untrust(),
         _ => {}
     }
     let target = target::Target::find(cli.conf.as_deref(), cli.socket.as_deref())?;
     match cli.command {
-        Command::Completions { .. } | Command::Man { .. } => Ok(()),
+        Command::Completions { .. } | Command::Man { .. } | Command::CaUntrust => Ok(()),
         Command::Doctor => doctor::doctor(&target, cli.conf.as_deref()).await,
         Command::Status { json } => stack::status(&target, json).await,
         Command::Restart {
