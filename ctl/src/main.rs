@@ -130,6 +130,14 @@ enum Command {
     /// Print the local CA's certificate (PEM) on stdout.
     #[command(name = "ca:export")]
     CaExport,
+    /// Install the local CA's certificate where browsers and tools look: the system store
+    /// (as root), your NSS databases (Chromium, every Firefox profile) and Java's cacerts;
+    /// one line per store. Under sudo, the NSS databases are those of the user who ran it.
+    #[command(name = "ca:trust")]
+    CaTrust,
+    /// Remove from every store what `ca:trust` put there (needs no running stack).
+    #[command(name = "ca:untrust")]
+    CaUntrust,
     /// List the sites.
     #[command(name = "site:list")]
     SiteList {
@@ -246,10 +254,6 @@ enum Command {
         #[arg(long, value_name = "QUEUE")]
         queue: Option<String>,
     },
-    /// Remove the local CA certificate from every store `ca:trust` put it in (the system
-    /// store, NSS databases, Java's cacerts), one line per store.
-    #[command(name = "ca:untrust")]
-    CaUntrust,
     /// Per-queue counts.
     #[command(name = "queue:stats")]
     QueueStats {
@@ -315,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::SiteSecure { name } => sites::secure(&target, name, true).await,
         Command::SiteUnsecure { name } => sites::secure(&target, name, false).await,
         Command::CaExport => ca::export(&target).await,
+        Command::CaTrust => trust::ca_trust(&target).await,
         Command::DnsSet {
             name,
             rtype,

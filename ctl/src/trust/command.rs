@@ -3,7 +3,15 @@
 //! works with the stack stopped or gone). One line per store; any failed line makes the
 //! exit status non-zero.
 
-use super::{Line, Outcome, Stores};
+use super::{Ca, Line, Outcome, Stores};
+use crate::target::Target;
+
+/// `ca:trust`.
+pub async fn ca_trust(target: &Target) -> anyhow::Result<()> {
+    let exported = crate::ca::fetch(target).await?;
+    let ca = Ca::new(&exported.pem, &exported.sha256_fingerprint)?;
+    report(&Stores::discover().trust(&ca))
+}
 
 /// `ca:untrust`.
 pub fn ca_untrust() -> anyhow::Result<()> {

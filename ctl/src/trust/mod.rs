@@ -15,7 +15,7 @@ mod user;
 
 use std::fmt;
 
-pub use command::ca_untrust;
+pub use command::{ca_trust, ca_untrust};
 pub use java::JavaStore;
 pub use nss::NssStores;
 pub use system::SystemStore;

@@ -14,7 +14,8 @@ pub struct User {
 }
 
 impl User {
-    /// The user whose HOME is `home`, tools run as whoever runs `securelyctl`.
+    /// The user whose HOME is `home`, tools run as whoever runs `securelyctl` (tests).
+    #[cfg(test)]
     pub fn with_home(home: impl Into<PathBuf>) -> Self {
         Self {
             home: Some(home.into()),
