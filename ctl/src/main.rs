@@ -223,6 +223,30 @@ enum Command {
         #[arg(long, value_name = "N")]
         attempt: Option<u32>,
     },
+    /// Put a reserved job back on its queue (after a delay), recording no error.
+    #[command(name = "queue:release")]
+    QueueRelease {
+        /// The job's id.
+        id: u64,
+        /// Seconds before the job is available again.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        delay: u64,
+        /// Only if the job is still at this attempt.
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+    },
+    /// Extend a job's reservation (a heartbeat for a long job).
+    #[command(name = "queue:touch")]
+    QueueTouch {
+        /// The job's id.
+        id: u64,
+        /// The reservation's new length from now; 0 selects queued's default.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        timeout: u64,
+        /// Only if the job is still at this attempt.
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+    },
     /// List the jobs that failed for good.
     #[command(name = "queue:failed")]
     QueueFailed {
@@ -343,6 +367,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::QueueFail { id, error, attempt } => {
             queue::fail(&target, id, error, attempt.unwrap_or(0)).await
         }
+        Command::QueueRelease { id, delay, attempt } => {
+            queue::release(&target, id, delay, attempt.unwrap_or(0)).await
+        }
+        Command::QueueTouch {
+            id,
+            timeout,
+            attempt,
+        } => queue::touch(&target, id, timeout, attempt.unwrap_or(0)).await,
         Command::QueueFailed { json } => queue::failed(&target, json).await,
         Command::QueueRetry { jobs, queue } => queue::retry(&target, jobs, queue).await,
         Command::QueueForget { ids } => queue::forget(&target, ids, false, None).await,

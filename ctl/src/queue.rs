@@ -2,8 +2,8 @@
 
 use securely_proto::queue::queue_client::QueueClient;
 use securely_proto::queue::{
-    AckRequest, FailRequest, FailedChanged, ListFailedRequest, PushRequest, ReserveRequest,
-    SelectFailed, StatsRequest,
+    AckRequest, FailRequest, FailedChanged, ListFailedRequest, PushRequest, ReleaseRequest,
+    ReserveRequest, SelectFailed, StatsRequest, TouchRequest,
 };
 use std::time::Duration;
 
@@ -93,6 +93,49 @@ pub async fn fail(target: &Target, id: u64, error: String, attempt: u32) -> anyh
     } else {
         println!("{id} moved to the failed list");
     }
+    Ok(())
+}
+
+pub async fn release(
+    target: &Target,
+    id: u64,
+    delay_seconds: u64,
+    attempt: u32,
+) -> anyhow::Result<()> {
+    let reply = client(target)
+        .await?
+        .release(ReleaseRequest {
+            id,
+            attempt,
+            delay_seconds,
+        })
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner();
+    println!(
+        "{id} released; available at {} (unix ms)",
+        reply.available_at_ms
+    );
+    Ok(())
+}
+
+pub async fn touch(
+    target: &Target,
+    id: u64,
+    timeout_seconds: u64,
+    attempt: u32,
+) -> anyhow::Result<()> {
+    let reply = client(target)
+        .await?
+        .touch(TouchRequest {
+            id,
+            attempt,
+            timeout_seconds,
+        })
+        .await
+        .map_err(|s| errors::rpc("queued", s))?
+        .into_inner();
+    println!("{id} reserved until {} (unix ms)", reply.reserved_until_ms);
     Ok(())
 }
 

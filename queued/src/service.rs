@@ -18,8 +18,8 @@ use securely_core::shutdown::Shutdown;
 use securely_proto::queue::queue_server::{Queue, QueueServer};
 use securely_proto::queue::{
     AckReply, AckRequest, FailReply, FailRequest, FailedChanged, FailedJob, Job, ListFailedReply,
-    ListFailedRequest, PushReply, PushRequest, QueueStats, ReserveRequest, SelectFailed,
-    StatsReply, StatsRequest,
+    ListFailedRequest, PushReply, PushRequest, QueueStats, ReleaseReply, ReleaseRequest,
+    ReserveRequest, SelectFailed, StatsReply, StatsRequest, TouchReply, TouchRequest,
 };
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
@@ -185,6 +185,44 @@ impl Queue for QueueService {
             },
         };
         Ok(Response::new(reply))
+    }
+
+    async fn release(
+        &self,
+        request: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseReply>, Status> {
+        self.access.authorize(&request)?;
+        let ReleaseRequest {
+            id,
+            attempt,
+            delay_seconds,
+        } = request.into_inner();
+        let id = validate::job_id(id).map_err(invalid)?;
+        let delay_ms = validate::delay_ms(delay_seconds).map_err(invalid)?;
+        let attempt = Some(attempt).filter(|a| *a != 0);
+        let available_at_ms = self
+            .engine
+            .release(id, attempt, delay_ms)
+            .await
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(ReleaseReply { available_at_ms }))
+    }
+
+    async fn touch(&self, request: Request<TouchRequest>) -> Result<Response<TouchReply>, Status> {
+        self.access.authorize(&request)?;
+        let TouchRequest {
+            id,
+            attempt,
+            timeout_seconds,
+        } = request.into_inner();
+        let id = validate::job_id(id).map_err(invalid)?;
+        let timeout_ms = self.limits.timeout_ms(timeout_seconds).map_err(invalid)?;
+        let attempt = Some(attempt).filter(|a| *a != 0);
+        let reserved_until_ms = self
+            .engine
+            .touch(id, attempt, timeout_ms)
+            .map_err(|e| self.status(e))?;
+        Ok(Response::new(TouchReply { reserved_until_ms }))
     }
 
     async fn list_failed(

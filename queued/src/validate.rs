@@ -98,15 +98,7 @@ impl Limits {
                 ),
             ));
         }
-        if request.delay_seconds > MAX_DELAY_SECONDS {
-            return Err(Invalid::new(
-                "delay_seconds",
-                format!(
-                    "{} is out of range 0..={MAX_DELAY_SECONDS}",
-                    request.delay_seconds
-                ),
-            ));
-        }
+        let delay_ms = delay_ms(request.delay_seconds)?;
         let max_tries = match request.max_tries {
             0 => self.default_max_tries,
             n if n <= MAX_TRIES => n,
@@ -120,7 +112,7 @@ impl Limits {
         Ok(ValidPush {
             queue: request.queue,
             payload: request.payload,
-            delay_ms: request.delay_seconds * 1000,
+            delay_ms,
             max_tries,
         })
     }
@@ -128,18 +120,7 @@ impl Limits {
     /// Checks a Reserve.
     pub fn reserve(&self, request: ReserveRequest) -> Result<ValidReserve, Invalid> {
         queue_name("queue", &request.queue)?;
-        let timeout_seconds = match request.timeout_seconds {
-            0 => self.default_timeout_seconds,
-            n if n <= MAX_TIMEOUT_SECONDS => n,
-            n => {
-                return Err(Invalid::new(
-                    "timeout_seconds",
-                    format!(
-                        "{n} is out of range 0..={MAX_TIMEOUT_SECONDS} (0 selects the default)"
-                    ),
-                ));
-            }
-        };
+        let timeout_ms = self.timeout_ms(request.timeout_seconds)?;
         if request.wait_seconds > MAX_WAIT_SECONDS {
             return Err(Invalid::new(
                 "wait_seconds",
@@ -151,10 +132,40 @@ impl Limits {
         }
         Ok(ValidReserve {
             queue: request.queue,
-            timeout_ms: timeout_seconds * 1000,
+            timeout_ms,
             wait: Duration::from_secs(request.wait_seconds),
         })
     }
+}
+
+impl Limits {
+    /// Checks a reservation's length, `timeout_seconds` (0: the default), in ms.
+    pub fn timeout_ms(&self, timeout_seconds: u64) -> Result<u64, Invalid> {
+        let seconds = match timeout_seconds {
+            0 => self.default_timeout_seconds,
+            n if n <= MAX_TIMEOUT_SECONDS => n,
+            n => {
+                return Err(Invalid::new(
+                    "timeout_seconds",
+                    format!(
+                        "{n} is out of range 0..={MAX_TIMEOUT_SECONDS} (0 selects the default)"
+                    ),
+                ));
+            }
+        };
+        Ok(seconds * 1000)
+    }
+}
+
+/// Checks a delay, `delay_seconds`, in ms.
+pub fn delay_ms(delay_seconds: u64) -> Result<u64, Invalid> {
+    if delay_seconds > MAX_DELAY_SECONDS {
+        return Err(Invalid::new(
+            "delay_seconds",
+            format!("{delay_seconds} is out of range 0..={MAX_DELAY_SECONDS}"),
+        ));
+    }
+    Ok(delay_seconds * 1000)
 }
 
 /// Checks a queue name: 1 to [`MAX_QUEUE_NAME_BYTES`] bytes of `[A-Za-z0-9_.:-]`.

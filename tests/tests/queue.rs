@@ -186,3 +186,27 @@ fn failed_jobs_are_retried_forgotten_and_flushed() {
     let bad = stack.ctl(&["queue:retry", "soon"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn a_worker_touches_a_long_job_and_releases_it_through_securelyctl() {
+    let stack = Stack::start();
+    let id = stack
+        .ctl_ok(&["queue:push", "video", "encode"])
+        .trim()
+        .to_string();
+    stack.ctl_ok(&["queue:reserve", "video", "--timeout", "2"]);
+    let touched = stack.ctl_ok(&["queue:touch", &id, "--timeout", "60", "--attempt", "1"]);
+    assert!(touched.contains("reserved until"), "{touched}");
+    // Past the first timeout the job is still held by its worker.
+    std::thread::sleep(Duration::from_millis(2_500));
+    assert!(!stack.ctl(&["queue:reserve", "video"]).status.success());
+    let released = stack.ctl_ok(&["queue:release", &id, "--delay", "1"]);
+    assert!(released.contains("released"), "{released}");
+    let again = stack.ctl_ok(&["queue:reserve", "video", "--wait", "10"]);
+    assert_eq!(again.trim(), format!("{id} encode"));
+    // Not reserved any more once acknowledged: a clear error, non-zero exit.
+    stack.ctl_ok(&["queue:ack", &id]);
+    let gone = stack.ctl(&["queue:touch", &id]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("not reserved"));
+}

@@ -324,11 +324,9 @@ impl Engine {
         let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
         let hidden = &state.hidden;
         let reservation = store.reserve(queue, now, timeout_ms, |id| hidden.contains(id))?;
-        if let Reservation::Reserved(job) = &reservation
-            && job.reserved_until_ms < state.next_reap_at_ms
-        {
-            state.next_reap_at_ms = job.reserved_until_ms;
-            self.reaper_wake.notify_one();
+        if let Reservation::Reserved(job) = &reservation {
+            let until_ms = job.reserved_until_ms;
+            self.plan_reap_by(state, until_ms);
         }
         Ok(reservation)
     }
@@ -357,6 +355,47 @@ impl Engine {
         })?;
         commit.wait().await?;
         Ok(outcome)
+    }
+
+    /// Puts a reserved job back on its queue after `delay_ms`, recording no error;
+    /// answers, with when it is available again, once that is durable.
+    pub async fn release(
+        &self,
+        id: u64,
+        attempt: Option<u32>,
+        delay_ms: u64,
+    ) -> Result<u64, EngineError> {
+        let (at_ms, commit) = self.write(|store, now| {
+            let at_ms = now.saturating_add(delay_ms);
+            let (queue, steps) = store.plan_release(id, attempt, at_ms)?;
+            Ok((at_ms, Readied::moved(vec![id], [queue]), steps))
+        })?;
+        commit.wait().await?;
+        Ok(at_ms)
+    }
+
+    /// Extends a reservation to `timeout_ms` from now; returns when it now expires.
+    pub fn touch(
+        &self,
+        id: u64,
+        attempt: Option<u32>,
+        timeout_ms: u64,
+    ) -> Result<u64, EngineError> {
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let until_ms = state.clock.now_ms().saturating_add(timeout_ms);
+        let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
+        store.touch(id, attempt, until_ms)?;
+        self.plan_reap_by(state, until_ms);
+        Ok(until_ms)
+    }
+
+    /// Wakes the reaper if a reservation ending at `until_ms` comes before its plan.
+    fn plan_reap_by(&self, state: &mut State, until_ms: u64) {
+        if until_ms < state.next_reap_at_ms {
+            state.next_reap_at_ms = until_ms;
+            self.reaper_wake.notify_one();
+        }
     }
 
     /// The failed list of `queue` (or all), up to about `max_bytes`.

@@ -313,6 +313,41 @@ impl Store {
         }
     }
 
+    /// Plans putting a reserved job back on its queue, available at `at_ms`, recording no
+    /// error; returns the job's queue.
+    pub fn plan_release(
+        &self,
+        id: u64,
+        attempt: Option<u32>,
+        at_ms: u64,
+    ) -> Result<(String, Vec<Redo>), StoreError> {
+        let (mut job, _) = self.reserved_job(id, attempt)?;
+        job.state = JobState::Waiting {
+            available_at_ms: at_ms,
+        };
+        Ok((job.queue.clone(), vec![Redo::Moved { id, record: job }]))
+    }
+
+    /// Extends the reservation of a reserved job to `until_ms` (not logged, as Reserve).
+    pub fn touch(&self, id: u64, attempt: Option<u32>, until_ms: u64) -> Result<(), StoreError> {
+        self.transact(|tx| {
+            let Some(mut job) = tx.job(id)? else {
+                return abort(StoreError::NotReserved(id));
+            };
+            let JobState::Reserved { until_ms: old } = job.state else {
+                return abort(StoreError::NotReserved(id));
+            };
+            if let Err(e) = check_attempt(id, &job, attempt) {
+                return abort(e);
+            }
+            tx.reserved.remove(keys::reserved_key(old, id))?;
+            tx.reserved
+                .insert(keys::reserved_key(until_ms, id), &[][..])?;
+            job.state = JobState::Reserved { until_ms };
+            tx.put_job(id, &job)
+        })
+    }
+
     /// Handles at most `limit` reservations that expired by `now_ms`: back to their queue
     /// (available since their deadline), or to the failed list when that was their last
     /// attempt.
