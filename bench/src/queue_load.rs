@@ -146,6 +146,7 @@ impl Conn {
                         queue: queue.clone(),
                         timeout_seconds: 60,
                         wait_seconds: 1,
+                        ..Default::default()
                     })
                     .await
                     .map_err(|s| anyhow!("Reserve: {:?}: {}", s.code(), s.message()))?

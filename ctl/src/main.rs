@@ -192,7 +192,7 @@ enum Command {
     /// Reserve the next job; prints "ID PAYLOAD". An empty queue exits non-zero.
     #[command(name = "queue:reserve")]
     QueueReserve {
-        /// The queue's name.
+        /// The queue's name, or several in priority order: `high,default`.
         queue: String,
         /// How long the reservation lasts before the job returns to the queue.
         #[arg(long, value_name = "SECS")]

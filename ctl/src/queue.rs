@@ -59,16 +59,31 @@ pub async fn reserve(
 ) -> anyhow::Result<()> {
     let job = client_waiting(target, wait_seconds)
         .await?
-        .reserve(ReserveRequest {
-            queue,
-            timeout_seconds,
-            wait_seconds,
-        })
+        .reserve(reserve_request(queue, timeout_seconds, wait_seconds))
         .await
         .map_err(|s| errors::rpc("queued", s))?
         .into_inner();
     println!("{} {}", job.id, String::from_utf8_lossy(&job.payload));
     Ok(())
+}
+
+/// A Reserve of `queue`, or of several queues in priority order when it is a comma-separated
+/// list (`high,default`, as Laravel's `--queue`).
+fn reserve_request(queue: String, timeout_seconds: u64, wait_seconds: u64) -> ReserveRequest {
+    let (queue, queues) = if queue.contains(',') {
+        (
+            String::new(),
+            queue.split(',').map(str::to_string).collect(),
+        )
+    } else {
+        (queue, Vec::new())
+    };
+    ReserveRequest {
+        queue,
+        timeout_seconds,
+        wait_seconds,
+        queues,
+    }
 }
 
 pub async fn ack(target: &Target, id: u64, attempt: u32) -> anyhow::Result<()> {

@@ -138,7 +138,7 @@ impl Queue for QueueService {
         let reserve = self.limits.reserve(request.into_inner()).map_err(invalid)?;
         let job = self
             .engine
-            .reserve(&reserve.queue, reserve.timeout_ms, reserve.wait)
+            .reserve(&reserve.queues, reserve.timeout_ms, reserve.wait)
             .await
             .map_err(|e| self.status(e))?;
         Ok(Response::new(Job {

@@ -53,11 +53,14 @@ pub struct ValidPush {
     pub max_tries: u32,
 }
 
+/// Most queues one Reserve may name.
+pub const MAX_RESERVE_QUEUES: usize = 16;
+
 /// A checked Reserve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidReserve {
-    /// The queue.
-    pub queue: String,
+    /// The queues, in priority order (at least one).
+    pub queues: Vec<String>,
     /// How long the reservation lasts (the default filled in).
     pub timeout_ms: u64,
     /// How long to wait for a job.
@@ -119,7 +122,7 @@ impl Limits {
 
     /// Checks a Reserve.
     pub fn reserve(&self, request: ReserveRequest) -> Result<ValidReserve, Invalid> {
-        queue_name("queue", &request.queue)?;
+        let queues = reserve_queues(request.queue, request.queues)?;
         let timeout_ms = self.timeout_ms(request.timeout_seconds)?;
         if request.wait_seconds > MAX_WAIT_SECONDS {
             return Err(Invalid::new(
@@ -131,7 +134,7 @@ impl Limits {
             ));
         }
         Ok(ValidReserve {
-            queue: request.queue,
+            queues,
             timeout_ms,
             wait: Duration::from_secs(request.wait_seconds),
         })
@@ -155,6 +158,37 @@ impl Limits {
         };
         Ok(seconds * 1000)
     }
+}
+
+/// Checks the queues of a Reserve: `queue`, or else `queues` (distinct, at most
+/// [`MAX_RESERVE_QUEUES`]).
+fn reserve_queues(queue: String, queues: Vec<String>) -> Result<Vec<String>, Invalid> {
+    if queues.is_empty() {
+        queue_name("queue", &queue)?;
+        return Ok(vec![queue]);
+    }
+    if !queue.is_empty() {
+        return Err(Invalid::new(
+            "queues",
+            "name either one `queue` or several `queues`, not both",
+        ));
+    }
+    if queues.len() > MAX_RESERVE_QUEUES {
+        return Err(Invalid::new(
+            "queues",
+            format!(
+                "{} queues exceeds the limit of {MAX_RESERVE_QUEUES}",
+                queues.len()
+            ),
+        ));
+    }
+    for (i, name) in queues.iter().enumerate() {
+        queue_name("queues", name)?;
+        if queues[..i].contains(name) {
+            return Err(Invalid::new("queues", format!("{name} is named twice")));
+        }
+    }
+    Ok(queues)
 }
 
 /// Checks a delay, `delay_seconds`, in ms.
@@ -317,6 +351,7 @@ mod tests {
             queue: "q".into(),
             timeout_seconds,
             wait_seconds,
+            ..Default::default()
         };
         let valid = limits().reserve(req(0, 0)).unwrap();
         assert_eq!(

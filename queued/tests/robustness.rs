@@ -49,6 +49,7 @@ async fn invalid_arguments_are_refused_by_name_and_the_daemon_keeps_serving() {
         queue: "q".into(),
         timeout_seconds,
         wait_seconds,
+        ..Default::default()
     };
     assert_invalid(q.reserve(reserve(u64::MAX, 0)).await, "timeout_seconds");
     assert_invalid(q.reserve(reserve(0, 301)).await, "wait_seconds");

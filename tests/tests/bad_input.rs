@@ -174,6 +174,7 @@ async fn invalid_rpc_arguments_get_invalid_argument() {
             queue: "q".into(),
             timeout_seconds: u64::MAX,
             wait_seconds: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();

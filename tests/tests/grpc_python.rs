@@ -139,6 +139,7 @@ async fn python_grpcio_calls_health_reflection_and_push_unchanged() {
                 queue: queue.clone(),
                 timeout_seconds: 0,
                 wait_seconds: 0,
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("the job pushed from Python is not there: {e}"))

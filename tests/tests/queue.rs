@@ -123,6 +123,7 @@ async fn concurrent_reservers_get_distinct_jobs() {
                     queue: "shared".into(),
                     timeout_seconds: 60,
                     wait_seconds: 0,
+                    ..Default::default()
                 };
                 let Ok(job) = client.reserve(request).await else {
                     return got;
@@ -209,4 +210,18 @@ fn a_worker_touches_a_long_job_and_releases_it_through_securelyctl() {
     let gone = stack.ctl(&["queue:touch", &id]);
     assert!(!gone.status.success());
     assert!(String::from_utf8_lossy(&gone.stderr).contains("not reserved"));
+}
+
+#[test]
+fn securelyctl_reserves_from_queues_in_the_order_given() {
+    let stack = Stack::start();
+    let low = stack.ctl_ok(&["queue:push", "default", "later"]);
+    let high = stack.ctl_ok(&["queue:push", "high", "first"]);
+    let got = stack.ctl_ok(&["queue:reserve", "high,default"]);
+    assert_eq!(got.trim(), format!("{} first", high.trim()));
+    let got = stack.ctl_ok(&["queue:reserve", "high,default"]);
+    assert_eq!(got.trim(), format!("{} later", low.trim()));
+    let twice = stack.ctl(&["queue:reserve", "high,high"]);
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("named twice"));
 }

@@ -270,35 +270,36 @@ impl Engine {
         Ok(id)
     }
 
-    /// Reserves the oldest available job of `queue` for `timeout_ms`, waiting up to
-    /// `wait` for one to become available.
+    /// Reserves the oldest available job of the first of `queues` (in priority order)
+    /// that has one, for `timeout_ms`, waiting up to `wait` for one to become available.
     pub async fn reserve(
         &self,
-        queue: &str,
+        queues: &[String],
         timeout_ms: u64,
         wait: Duration,
     ) -> Result<ReservedJob, EngineError> {
         let give_up = Instant::now() + wait;
+        let empty = || EngineError::Empty(queues.join(","));
         if wait.is_zero() {
-            return match self.try_reserve(queue, timeout_ms)? {
+            return match self.try_reserve(queues, timeout_ms)? {
                 Reservation::Reserved(job) => Ok(job),
-                Reservation::Empty { .. } => Err(EngineError::Empty(queue.to_string())),
+                Reservation::Empty { .. } => Err(empty()),
             };
         }
-        let subscription = self.wakeups.subscribe(queue);
+        let subscription = self.wakeups.subscribe(queues);
         loop {
-            let notified = subscription.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let next_available = match self.try_reserve(queue, timeout_ms)? {
-                Reservation::Reserved(job) => return Ok(job),
+            let next_available = match self.try_reserve(queues, timeout_ms)? {
+                Reservation::Reserved(job) => {
+                    subscription.pass_on(&job.queue);
+                    return Ok(job);
+                }
                 Reservation::Empty {
                     next_available_at_ms,
                 } => next_available_at_ms,
             };
             let now = Instant::now();
             if now >= give_up {
-                return Err(EngineError::Empty(queue.to_string()));
+                return Err(empty());
             }
             let wake_at = match next_available {
                 // One extra millisecond: the job is available once the clock has passed it.
@@ -309,26 +310,43 @@ impl Engine {
                 None => give_up,
             };
             tokio::select! {
-                () = &mut notified => {}
+                () = subscription.notified() => {}
                 () = tokio::time::sleep_until(wake_at) => {}
                 _ = self.end.wait() => return Err(EngineError::ShuttingDown),
             }
         }
     }
 
-    fn try_reserve(&self, queue: &str, timeout_ms: u64) -> Result<Reservation, EngineError> {
+    /// Reserves from the first of `queues` that has a job available now; else tells when
+    /// the earliest delayed job of any of them becomes available.
+    fn try_reserve(&self, queues: &[String], timeout_ms: u64) -> Result<Reservation, EngineError> {
         let mut guard = self.state();
         let state = &mut *guard;
         let now = state.clock.now_ms();
         state.hidden.show_up_to(self.log.durable());
         let store = state.store.as_ref().ok_or(EngineError::ShuttingDown)?;
         let hidden = &state.hidden;
-        let reservation = store.reserve(queue, now, timeout_ms, |id| hidden.contains(id))?;
-        if let Reservation::Reserved(job) = &reservation {
-            let until_ms = job.reserved_until_ms;
-            self.plan_reap_by(state, until_ms);
+        let mut earliest: Option<u64> = None;
+        for queue in queues {
+            match store.reserve(queue, now, timeout_ms, |id| hidden.contains(id))? {
+                Reservation::Reserved(job) => {
+                    let until_ms = job.reserved_until_ms;
+                    self.plan_reap_by(state, until_ms);
+                    return Ok(Reservation::Reserved(job));
+                }
+                Reservation::Empty {
+                    next_available_at_ms,
+                } => {
+                    earliest = match (earliest, next_available_at_ms) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+            }
         }
-        Ok(reservation)
+        Ok(Reservation::Empty {
+            next_available_at_ms: earliest,
+        })
     }
 
     /// Removes a reserved job; answers once that is durable.

@@ -36,8 +36,11 @@ fn fixture() -> Fixture {
 async fn a_waiting_reserve_gets_a_job_pushed_meanwhile() {
     let f = fixture();
     let engine = f.engine.clone();
-    let waiter =
-        tokio::spawn(async move { engine.reserve("q", 60_000, Duration::from_secs(5)).await });
+    let waiter = tokio::spawn(async move {
+        engine
+            .reserve(&["q".to_string()], 60_000, Duration::from_secs(5))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let id = f.engine.push("q", b"late", 0, 1).await.unwrap();
     let job = waiter.await.unwrap().unwrap();
@@ -49,8 +52,11 @@ async fn a_waiting_reserve_gets_a_job_pushed_meanwhile() {
 async fn a_waiting_reserve_ends_at_the_end_switch_and_after_close_all_fail() {
     let f = fixture();
     let engine = f.engine.clone();
-    let waiter =
-        tokio::spawn(async move { engine.reserve("q", 60_000, Duration::from_secs(60)).await });
+    let waiter = tokio::spawn(async move {
+        engine
+            .reserve(&["q".to_string()], 60_000, Duration::from_secs(60))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
     f.end
         .request(securely_core::shutdown::ShutdownKind::Graceful);
@@ -109,7 +115,11 @@ async fn reserving_plans_the_reaper_for_the_earliest_deadline() {
             next_deadline_ms: None
         }
     );
-    let job = f.engine.reserve("q", 10_000, Duration::ZERO).await.unwrap();
+    let job = f
+        .engine
+        .reserve(&["q".to_string()], 10_000, Duration::ZERO)
+        .await
+        .unwrap();
     // The reserve noticed its deadline is earlier than the reaper's plan.
     tokio::time::timeout(Duration::from_secs(1), f.engine.reaper_woken())
         .await
@@ -130,7 +140,11 @@ async fn durable_jobs_show_and_the_hidden_set_stays_small_without_reserves() {
     }
     assert!(f.engine.state().hidden.len() <= 1);
     for id in ids {
-        let job = f.engine.reserve("q", 60_000, Duration::ZERO).await.unwrap();
+        let job = f
+            .engine
+            .reserve(&["q".to_string()], 60_000, Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(job.id, id);
     }
     assert_eq!(f.engine.state().hidden.len(), 0);

@@ -235,6 +235,7 @@ impl Client {
                 queue: queue.into(),
                 timeout_seconds,
                 wait_seconds,
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

@@ -128,6 +128,7 @@ async fn reserve_one(
         queue: QUEUE.into(),
         timeout_seconds: 60,
         wait_seconds,
+        ..Default::default()
     };
     let reserved = until_done(shared, "queue reserve", || {
         let mut client = client.clone();
