@@ -235,3 +235,39 @@ fn ours_reads_certutils_listing() {
     );
     assert!(ssl_trusted("CT,C,C") && ssl_trusted("C,,") && !ssl_trusted(",C,"));
 }
+
+#[test]
+fn under_sudo_certutil_runs_as_the_user_and_what_it_creates_is_theirs() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() {
+        return; // only root may run a tool as someone else
+    }
+    const NOBODY: u32 = 65534;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
+    let stores = NssStores::new(User {
+        home: Some(home.clone()),
+        ids: Some((NOBODY, NOBODY)),
+    });
+    let ca = testca::mint("CA");
+
+    assert_eq!(stores.trust(&ca)[0].outcome, Outcome::Trusted);
+    for path in [
+        ".pki",
+        ".pki/nssdb",
+        ".pki/nssdb/cert9.db",
+        ".pki/nssdb/key4.db",
+    ] {
+        let meta = std::fs::metadata(home.join(path)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (NOBODY, NOBODY),
+            "{path} is the user's"
+        );
+    }
+    assert!(listed(&home.join(".pki/nssdb")).contains(&(ca.nss_nickname(), "C,,".into())));
+    assert_eq!(stores.untrust()[0].outcome, Outcome::Removed);
+}
