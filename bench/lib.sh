@@ -187,6 +187,7 @@ rss_kb() {
 # ---------------------------------------------------------------------------------------
 SEC_DIR='' SEC_CONF='' SEC_SOCK='' SEC_PID='' SEC_READY_MS=''
 SECURELY_WRAP=()   # a prefix for the supervisor's command line, e.g. (taskset -c 0)
+SECURELY_PROXY_YAML=''   # more lines of the `proxy:` section, e.g. '  tls_listen: [...]'
 
 securely_write_conf() {
   local dir=$1 http_port=$2 dns_port=$3 extra=${4:-}
@@ -199,6 +200,7 @@ grace_period_seconds: 2
 graceful_shutdown_timeout_seconds: 1
 proxy:
   listen: ["127.0.0.1:$http_port"]
+${SECURELY_PROXY_YAML}
 dns:
   listen: ["127.0.0.1:$dns_port"]
   tld: test

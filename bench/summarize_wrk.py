@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Summarize proxy.sh's wrk outputs NAME-rN.txt: medians over repeats, and securely/nginx."""
+"""Summarize proxy.sh's wrk outputs NAME[-KIND]-rN.txt: medians over repeats, and securely/nginx
+(one ratio row per KIND: keepalive and handshake in https runs)."""
 import re
 import statistics
 import sys
@@ -7,6 +8,11 @@ from collections import defaultdict
 from pathlib import Path
 
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+# https runs: what req/s means in each kind
+KINDS = {
+    "keepalive": "https, keep-alive (req/s)",
+    "handshake": "https, a new connection per request (req/s = handshakes/s)",
+}
 
 
 def ms(v: str) -> float:
@@ -48,7 +54,8 @@ def main() -> None:
             failed[name] += 1
         else:
             runs[name].append(d)
-    order = [k for k in ("direct", "nginx", "securely") if k in runs]
+    # names: direct, nginx, securely (http) or nginx-KIND, securely-KIND (https)
+    order = sorted(runs, key=lambda k: (k.partition("-")[2], ("direct", "nginx", "securely").index(k.partition("-")[0])))
     med = {}
     print("| target | runs | req/s (median) | req/s all runs | p50 ms | p99 ms | non-2xx | socket errors | proxy CPU us/req | backend CPU us/req | backend TIME-WAIT | server RSS MiB after runs |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -78,12 +85,16 @@ def main() -> None:
     for k in runs:
         if any(r["restarted"] for r in runs[k]):
             print(f"\n{k}: proxyd restarted during at least one run")
-    if "nginx" in med and "securely" in med:
-        a, b = med["securely"], med["nginx"]
+    pairs = [k.partition("-")[2] for k in order if k.startswith("securely") and "nginx" + k[len("securely"):] in med]
+    if pairs:
         print()
         print("| securely / nginx | req/s | p99 latency | CPU us/req |")
         print("|---|---|---|---|")
-        print(f"| ratio (medians) | {a['rps'] / b['rps']:.2f} | {a['p99'] / b['p99']:.2f} | {a['cpu'] / b['cpu']:.2f} |")
+        for kind in pairs:
+            suffix = f"-{kind}" if kind else ""
+            a, b = med["securely" + suffix], med["nginx" + suffix]
+            label = KINDS.get(kind, "ratio (medians)")
+            print(f"| {label} | {a['rps'] / b['rps']:.2f} | {a['p99'] / b['p99']:.2f} | {a['cpu'] / b['cpu']:.2f} |")
 
 
 if __name__ == "__main__":

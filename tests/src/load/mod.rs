@@ -15,25 +15,27 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::task::JoinHandle;
 
 pub use queue::QUEUE;
-use web::WebCounters;
 pub use web::{Io, Web};
+use web::{Protocol, WebCounters};
 
 /// Counters shared by the generators.
 #[derive(Debug, Default)]
 struct Counters {
     http: WebCounters,
     https: WebCounters,
+    h2: WebCounters,
     dns_udp_ok: AtomicU64,
     dns_tcp_ok: AtomicU64,
     queue_retries: AtomicU64,
 }
 
 impl Counters {
-    /// The counters of `web`'s scheme.
-    fn web(&self, web: &Web) -> &WebCounters {
-        match web {
-            Web::Http(_) => &self.http,
-            Web::Https { .. } => &self.https,
+    /// The counters of `protocol`.
+    fn web(&self, protocol: Protocol) -> &WebCounters {
+        match protocol {
+            Protocol::Http => &self.http,
+            Protocol::Https => &self.https,
+            Protocol::H2 => &self.h2,
         }
     }
 }
@@ -47,12 +49,18 @@ pub struct Report {
     pub http_kept_ok: u64,
     /// Kept-alive connections the server closed between requests.
     pub http_kept_reconnects: u64,
-    /// HTTPS requests over new connections (a TLS handshake each) answered 200.
+    /// HTTPS (HTTP/1.1) requests over new connections (a TLS handshake each) answered 200.
     pub https_new_ok: u64,
-    /// HTTPS requests over kept-alive connections answered 200.
+    /// HTTPS (HTTP/1.1) requests over kept-alive connections answered 200.
     pub https_kept_ok: u64,
-    /// Kept-alive HTTPS connections the server closed between requests.
+    /// Kept-alive HTTPS (HTTP/1.1) connections the server closed between requests.
     pub https_kept_reconnects: u64,
+    /// HTTP/2 requests over new connections answered 200.
+    pub h2_new_ok: u64,
+    /// HTTP/2 requests over kept-alive connections answered 200.
+    pub h2_kept_ok: u64,
+    /// Kept-alive HTTP/2 connections the server closed or sent away between requests.
+    pub h2_kept_reconnects: u64,
     /// DNS answers over UDP.
     pub dns_udp_ok: u64,
     /// DNS answers over TCP.
@@ -150,9 +158,10 @@ impl Load {
         self.shared.counters.http.new_ok.load(Ordering::Relaxed)
     }
 
-    /// HTTPS requests so far over new connections.
+    /// HTTPS requests so far over new connections, either protocol.
     pub fn https_ok(&self) -> u64 {
-        self.shared.counters.https.new_ok.load(Ordering::Relaxed)
+        let c = &self.shared.counters;
+        c.https.new_ok.load(Ordering::Relaxed) + c.h2.new_ok.load(Ordering::Relaxed)
     }
 
     /// Stops the generators, reserves what is left on the queue, and reports.
@@ -192,6 +201,9 @@ impl Load {
             https_new_ok: c.https.new_ok.load(Ordering::Relaxed),
             https_kept_ok: c.https.kept_ok.load(Ordering::Relaxed),
             https_kept_reconnects: c.https.kept_reconnects.load(Ordering::Relaxed),
+            h2_new_ok: c.h2.new_ok.load(Ordering::Relaxed),
+            h2_kept_ok: c.h2.kept_ok.load(Ordering::Relaxed),
+            h2_kept_reconnects: c.h2.kept_reconnects.load(Ordering::Relaxed),
             dns_udp_ok: c.dns_udp_ok.load(Ordering::Relaxed),
             dns_tcp_ok: c.dns_tcp_ok.load(Ordering::Relaxed),
             pushed: pushed.len() as u64,
