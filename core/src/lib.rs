@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod drain;
 pub mod durable;
+pub mod event_text;
 mod inherited;
 pub mod lifecycle;
 pub mod listen_fds;

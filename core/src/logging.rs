@@ -4,11 +4,14 @@
 //! identifier (`journalctl -t securely-proxyd`); otherwise lines go to stderr, or to
 //! `error_log` when the settings name one, prefixed `name[pid]:`. The `log` crate (which
 //! pingora uses) is bridged in. `SECURELY_LOG` takes an env-filter directive
-//! (default `info`).
+//! (default `info`). Records of target [`EVENT_TARGET`] (the stack's events) go to the
+//! journal only, whatever `SECURELY_LOG` says, with their fields as they are named
+//! (`securely_event` -> `SECURELY_EVENT`); other records' fields are prefixed `F_` there.
 
 use std::fmt;
 use std::path::Path;
 
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::{Format, Full, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -22,19 +25,35 @@ pub const LOG_FILTER_ENV: &str = "SECURELY_LOG";
 /// The filter when `SECURELY_LOG` is not set.
 pub const DEFAULT_FILTER: &str = "info";
 
+/// The target of the stack's event records: journal only, fields unprefixed.
+pub const EVENT_TARGET: &str = "securely_event";
+
 /// Installs the global subscriber for process `name`, filtering by `SECURELY_LOG` or else
 /// `default_filter` (an env-filter directive such as `info,hickory_server=warn`). Later
 /// calls do nothing.
 pub fn init(name: &str, error_log: Option<&Path>, default_filter: &str) {
+    // Every record but the events, as `SECURELY_LOG` (or `default_filter`) says.
     let filter = || {
-        EnvFilter::try_from_env(LOG_FILTER_ENV).unwrap_or_else(|_| EnvFilter::new(default_filter))
+        let filter = EnvFilter::try_from_env(LOG_FILTER_ENV)
+            .unwrap_or_else(|_| EnvFilter::new(default_filter));
+        match format!("{EVENT_TARGET}=off").parse() {
+            Ok(no_events) => filter.add_directive(no_events),
+            Err(_) => filter,
+        }
     };
     if journal_connected()
         && let Ok(journald) = tracing_journald::layer()
     {
         let layer = journald.with_syslog_identifier(name.to_string());
+        let events = tracing_journald::layer().ok().map(|events| {
+            events
+                .with_syslog_identifier(name.to_string())
+                .with_field_prefix(None)
+                .with_filter(filter_fn(|meta| meta.target() == EVENT_TARGET))
+        });
         let _ = tracing_subscriber::registry()
             .with(layer.with_filter(filter()))
+            .with(events)
             .try_init();
         return;
     }

@@ -38,7 +38,7 @@ impl Printing {
         if self.json {
             println!("{}", watch::to_json(event));
         } else {
-            println!("{}", watch::line(event));
+            println!("{}", securely_core::event_text::line(event));
         }
     }
 

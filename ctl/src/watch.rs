@@ -4,6 +4,8 @@ use securely_proto::supervisor::supervisor_client::SupervisorClient;
 use securely_proto::supervisor::{Event, WatchRequest};
 use serde_json::json;
 
+use securely_core::event_text::line;
+
 use crate::errors;
 use crate::target::Target;
 
@@ -58,31 +60,4 @@ pub(crate) fn to_json(event: &Event) -> serde_json::Value {
         }
     }
     value
-}
-
-/// `#12 dnsd daemon exited pid=41 (killed by SIGKILL)`.
-pub(crate) fn line(event: &Event) -> String {
-    let who = if event.daemon.is_empty() {
-        "supervisor"
-    } else {
-        &event.daemon
-    };
-    let mut line = format!("#{} {who} {} {}", event.seq, event.kind, event.state);
-    if event.pid != 0 {
-        line += &format!(" pid={}", event.pid);
-    }
-    if event.id != 0 {
-        line += &format!(" id={}", event.id);
-    }
-    if event.next_start_unix_ms != 0 {
-        let wait = event.next_start_unix_ms.saturating_sub(event.unix_ms);
-        line += &format!(" next_start_in={wait}ms");
-    }
-    if event.missed != 0 {
-        line += &format!(" missed={}", event.missed);
-    }
-    if !event.detail.is_empty() {
-        line += &format!(" ({})", event.detail);
-    }
-    line
 }

@@ -60,6 +60,8 @@ struct Inner {
     sender: broadcast::Sender<Event>,
     /// The last [`BACKLOG`] events, for a watcher that continues after one it saw.
     recent: VecDeque<Event>,
+    /// The upgrade running (0: none), named in the journal with every event.
+    upgrade: u64,
 }
 
 /// What the next image of the supervisor continues from after an upgrade's exec.
@@ -100,6 +102,7 @@ impl Events {
                 restarts: carried.restarts,
                 sender: broadcast::channel(BACKLOG).0,
                 recent: VecDeque::with_capacity(BACKLOG),
+                upgrade: 0,
             })),
         }
     }
@@ -139,6 +142,11 @@ impl Events {
             inner.phase = to;
             publish_locked(&mut inner, phase_event(to));
         }
+    }
+
+    /// Names upgrade `id` (0: none) as the one running, for the journal.
+    pub fn upgrade_running(&self, id: u64) {
+        self.lock().upgrade = id;
     }
 
     /// Numbers a new restart.
@@ -269,6 +277,7 @@ fn publish_locked(inner: &mut Inner, mut event: Event) {
     inner.seq += 1;
     event.seq = inner.seq;
     event.unix_ms = unix_ms(SystemTime::now());
+    crate::journal::record(&event, inner.upgrade);
     if inner.recent.len() == BACKLOG {
         inner.recent.pop_front();
     }

@@ -24,6 +24,7 @@ mod control;
 mod daemonize;
 mod events;
 mod handover;
+mod journal;
 mod load;
 mod operation;
 mod pidfile;

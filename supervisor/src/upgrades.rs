@@ -46,9 +46,13 @@ impl Upgrades {
     /// Continues the record and the events' numbering carried across the exec.
     pub fn carried(mut record: UpgradeRecord, events: CarriedEvents) -> Self {
         record.started = Some(Instant::now() - Duration::from_millis(record.elapsed_ms));
+        let events = Events::carried(events);
+        if record.state == "running" {
+            events.upgrade_running(record.id);
+        }
         let upgrades = Self {
             record: Mutex::new(record),
-            events: Events::carried(events),
+            events,
         };
         // The upgrade continues in this image.
         upgrades.events.phase(Phase::Upgrading);
@@ -82,6 +86,7 @@ impl Upgrades {
         record.detail = "checking the binaries and the settings".into();
         record.started = Some(Instant::now());
         record.elapsed_ms = 0;
+        self.events.upgrade_running(record.id);
         self.events.phase(Phase::Upgrading);
         self.publish(&record);
         record.id
@@ -106,6 +111,7 @@ impl Upgrades {
         record.state = state.into();
         record.detail = detail;
         self.publish(&record);
+        self.events.upgrade_running(0);
         self.events
             .phase_from(&[Phase::Upgrading, Phase::Reexecuting], Phase::Running);
     }

@@ -103,6 +103,9 @@ pub struct StackConfig {
     pub own_binaries: bool,
     /// Extra environment for the supervisor.
     pub env: Vec<(String, String)>,
+    /// A command the supervisor is started through (its path and arguments follow), e.g.
+    /// `nsenter` into a namespace; empty: started directly.
+    pub launcher: Vec<String>,
 }
 
 impl Default for StackConfig {
@@ -112,6 +115,7 @@ impl Default for StackConfig {
             upstreams: Vec::new(),
             own_binaries: false,
             env: Vec::new(),
+            launcher: Vec::new(),
         }
     }
 }
@@ -235,9 +239,18 @@ impl Stack {
     /// Like [`Stack::start`] with a custom config.
     pub fn start_with(config: StackConfig) -> Self {
         let env = config.env.clone();
+        let launcher = config.launcher.clone();
         let mut stack = Self::prepare(config);
         let log = std::fs::File::create(stack.log_path()).expect("log file");
-        let mut command = Command::new(stack.bin_dir.join("securely"));
+        let securely = stack.bin_dir.join("securely");
+        let mut command = match launcher.split_first() {
+            Some((first, rest)) => {
+                let mut command = Command::new(first);
+                command.args(rest).arg(&securely);
+                command
+            }
+            None => Command::new(&securely),
+        };
         command
             .arg("-c")
             .arg(&stack.config)

@@ -47,6 +47,12 @@ fn restart_prints_its_events_in_order_then_the_result_and_quiet_only_the_result(
     );
     // Not another daemon's events, and no event from before the restart.
     assert_eq!(running, 0, "{out}");
+    // Event records are for the journal only, not this stderr log.
+    let log = stack.log();
+    assert!(
+        !log.contains("restart running id=") && !log.contains("securely_"),
+        "{log}"
+    );
 
     let out = stack.ctl_ok(&["restart", "dnsd", "--quiet"]);
     let newer = stack.ready_pid("dnsd").unwrap();
