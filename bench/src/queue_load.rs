@@ -121,6 +121,7 @@ impl Conn {
                         payload: payload.to_vec(),
                         delay_seconds: 0,
                         max_tries: 0,
+                        ..Default::default()
                     })
                     .await
                     .map_err(|s| anyhow!("Push: {:?}: {}", s.code(), s.message()))?;

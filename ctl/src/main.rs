@@ -183,8 +183,11 @@ enum Command {
         /// The job's payload.
         payload: String,
         /// Seconds before the job becomes available.
-        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        #[arg(long, value_name = "SECS", default_value_t = 0, conflicts_with = "at")]
         delay: u64,
+        /// When the job becomes available, as RFC 3339 (`2026-12-24T18:00:00+01:00`).
+        #[arg(long, value_name = "TIME", value_parser = queue::parse_rfc3339_ms)]
+        at: Option<u64>,
         /// Attempts before the job fails for good (default: queued's).
         #[arg(long, value_name = "N")]
         tries: Option<u32>,
@@ -356,8 +359,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             queue,
             payload,
             delay,
+            at,
             tries,
-        } => queue::push(&target, queue, payload, delay, tries.unwrap_or(0)).await,
+        } => {
+            let when = queue::When {
+                delay_seconds: delay,
+                available_at_ms: at.unwrap_or(0),
+            };
+            queue::push(&target, queue, payload, when, tries.unwrap_or(0)).await
+        }
         Command::QueueReserve {
             queue,
             timeout,

@@ -29,11 +29,26 @@ async fn client_waiting(
 /// The longest wait queued grants (it refuses longer ones with a clear error).
 const MAX_WAIT_SECONDS: u64 = 3600;
 
+/// When a pushed job becomes available: after a delay, or at a time (Unix ms; 0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct When {
+    pub delay_seconds: u64,
+    pub available_at_ms: u64,
+}
+
+/// Parses an RFC 3339 time as Unix milliseconds (a time before 1970 is refused).
+pub fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
+    let time = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("not an RFC 3339 time ({e}); e.g. 2026-12-24T18:00:00+01:00"))?;
+    u64::try_from(time.unix_timestamp_nanos() / 1_000_000)
+        .map_err(|_| "a time before 1970".to_string())
+}
+
 pub async fn push(
     target: &Target,
     queue: String,
     payload: String,
-    delay_seconds: u64,
+    when: When,
     max_tries: u32,
 ) -> anyhow::Result<()> {
     let reply = client(target)
@@ -41,8 +56,9 @@ pub async fn push(
         .push(PushRequest {
             queue,
             payload: payload.into_bytes(),
-            delay_seconds,
+            delay_seconds: when.delay_seconds,
             max_tries,
+            available_at_ms: when.available_at_ms,
         })
         .await
         .map_err(|s| errors::rpc("queued", s))?

@@ -101,7 +101,16 @@ impl Limits {
                 ),
             ));
         }
-        let delay_ms = delay_ms(request.delay_seconds)?;
+        let delay_ms = match (request.delay_seconds, request.available_at_ms) {
+            (seconds, 0) => delay_ms(seconds)?,
+            (0, at_ms) => delay_until(at_ms, crate::engine::now_ms())?,
+            _ => {
+                return Err(Invalid::new(
+                    "available_at_ms",
+                    "give either delay_seconds or available_at_ms, not both",
+                ));
+            }
+        };
         let max_tries = match request.max_tries {
             0 => self.default_max_tries,
             n if n <= MAX_TRIES => n,
@@ -189,6 +198,18 @@ fn reserve_queues(queue: String, queues: Vec<String>) -> Result<Vec<String>, Inv
         }
     }
     Ok(queues)
+}
+
+/// Checks a time to become available, `at_ms` (Unix ms), as the delay from `now_ms`.
+pub fn delay_until(at_ms: u64, now_ms: u64) -> Result<u64, Invalid> {
+    let delay = at_ms.saturating_sub(now_ms);
+    if delay > MAX_DELAY_SECONDS * 1000 {
+        return Err(Invalid::new(
+            "available_at_ms",
+            format!("{at_ms} is more than {MAX_DELAY_SECONDS} s from now"),
+        ));
+    }
+    Ok(delay)
 }
 
 /// Checks a delay, `delay_seconds`, in ms.
@@ -305,6 +326,7 @@ mod tests {
             payload: b"x".to_vec(),
             delay_seconds: 0,
             max_tries: 0,
+            ..Default::default()
         }
     }
 

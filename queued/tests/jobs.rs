@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Home, QUEUE_YAML, Queued, now_ms};
+use securely_proto::queue::PushRequest;
 use tonic::Code;
 
 #[tokio::test]
@@ -83,6 +84,39 @@ async fn a_delayed_job_is_reservable_only_after_its_time() {
     assert_eq!(job.id, id);
     assert!(waited >= Duration::from_millis(2900), "{waited:?}");
     assert!(waited < Duration::from_secs(8), "{waited:?}");
+}
+
+#[tokio::test]
+async fn a_job_pushed_for_a_time_is_reservable_from_that_time() {
+    let home = Home::new(QUEUE_YAML);
+    let queued = Queued::start(&home).await;
+    let mut client = queued.client().await;
+    let at = now_ms() + 2_000;
+    let push = |available_at_ms, delay_seconds| PushRequest {
+        queue: "at".into(),
+        payload: b"x".to_vec(),
+        delay_seconds,
+        available_at_ms,
+        ..Default::default()
+    };
+    let id = client.0.push(push(at, 0)).await.unwrap().into_inner().id;
+    // A time already past: at once.
+    let past = client.0.push(push(1, 0)).await.unwrap().into_inner().id;
+    let job = client.reserve("at", 0, 0).await.unwrap();
+    assert_eq!(job.id, past);
+    assert_eq!(
+        client.reserve("at", 0, 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let job = client.reserve("at", 0, 10).await.unwrap();
+    assert_eq!(job.id, id);
+    assert!(now_ms() >= at);
+    // Not both, and not beyond the longest delay.
+    for request in [push(at, 5), push(u64::MAX, 0)] {
+        let status = client.0.push(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("available_at_ms"), "{status:?}");
+    }
 }
 
 #[tokio::test]

@@ -31,6 +31,7 @@ async fn invalid_arguments_are_refused_by_name_and_the_daemon_keeps_serving() {
         payload,
         delay_seconds,
         max_tries,
+        ..Default::default()
     };
     let q = &mut client.0;
     assert_invalid(q.push(push("", vec![], 0, 0)).await, "queue");

@@ -164,6 +164,7 @@ async fn invalid_rpc_arguments_get_invalid_argument() {
                 payload: b"x".to_vec(),
                 delay_seconds: 0,
                 max_tries: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();

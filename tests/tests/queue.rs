@@ -110,6 +110,7 @@ async fn concurrent_reservers_get_distinct_jobs() {
             payload: i.to_string().into_bytes(),
             delay_seconds: 0,
             max_tries: 0,
+            ..Default::default()
         };
         pushed.insert(producer.push(request).await.unwrap().into_inner().id);
     }
@@ -224,4 +225,20 @@ fn securelyctl_reserves_from_queues_in_the_order_given() {
     let twice = stack.ctl(&["queue:reserve", "high,high"]);
     assert!(!twice.status.success());
     assert!(String::from_utf8_lossy(&twice.stderr).contains("named twice"));
+}
+
+#[test]
+fn securelyctl_pushes_a_job_for_a_time() {
+    let stack = Stack::start();
+    let at = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let id = stack.ctl_ok(&["queue:push", "timed", "x", "--at", &at]);
+    assert!(!stack.ctl(&["queue:reserve", "timed"]).status.success());
+    let got = stack.ctl_ok(&["queue:reserve", "timed", "--wait", "10"]);
+    assert_eq!(got.trim(), format!("{} x", id.trim()));
+    let bad = stack.ctl(&["queue:push", "timed", "x", "--at", "tomorrow"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("RFC 3339"));
 }

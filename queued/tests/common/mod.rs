@@ -218,6 +218,7 @@ impl Client {
                 payload: payload.to_vec(),
                 delay_seconds,
                 max_tries,
+                ..Default::default()
             })
             .await
             .map(|r| r.into_inner())

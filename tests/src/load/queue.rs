@@ -94,6 +94,7 @@ pub(super) async fn pusher(shared: Arc<Shared>) {
             payload: next.to_be_bytes().to_vec(),
             delay_seconds: 0,
             max_tries: 0,
+            ..Default::default()
         };
         let pushed = until_done(&shared, "queue push", || {
             let mut client = client.clone();
