@@ -23,6 +23,8 @@ pub const MAX_FDS: usize = 256;
 pub mod names {
     /// A TCP listener for HTTP (proxyd).
     pub const HTTP: &str = "http";
+    /// A TCP listener for https (proxyd).
+    pub const HTTPS: &str = "https";
     /// A UDP socket for DNS (dnsd).
     pub const DNS_UDP: &str = "dns-udp";
     /// A TCP listener for DNS (dnsd).

@@ -9,6 +9,7 @@ mod docs;
 mod doctor;
 mod errors;
 mod follow;
+mod https_status;
 mod output;
 mod queue;
 mod sites;

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::errors;
 use crate::follow::{self, Printing};
+use crate::https_status::HttpsSummary;
 use crate::output;
 use crate::target::Target;
 
@@ -27,11 +28,13 @@ pub async fn status(target: &Target, as_json: bool) -> anyhow::Result<()> {
     let reply = fetch_status(target).await?;
     let supervisor = reply.supervisor.unwrap_or_default();
     let upgrade = reply.upgrade.unwrap_or_default();
+    let https = HttpsSummary::fetch(target).await;
     if as_json {
         output::json(&json!({
             "supervisor": process_json(&supervisor),
             "daemons": reply.daemons.iter().map(process_json).collect::<Vec<_>>(),
             "upgrade": if upgrade.id == 0 { serde_json::Value::Null } else { upgrade_json(&upgrade) },
+            "https": https.as_ref().map_or(serde_json::Value::Null, HttpsSummary::json),
         }));
         return Ok(());
     }
@@ -90,6 +93,9 @@ pub async fn status(target: &Target, as_json: bool) -> anyhow::Result<()> {
             output::duration_ms(upgrade.took_ms),
             upgrade.detail
         );
+    }
+    if let Some(https) = https {
+        https.print();
     }
     Ok(())
 }

@@ -69,11 +69,12 @@ impl ProxyAdmin for AdminService {
             hostnames,
         } = request.into_inner();
         let store = self.store()?;
-        let tld = store.tld().to_string();
-        let site =
-            Self::blocking(store, move |store| store.link(&name, &target, &hostnames)).await?;
+        let site = Self::blocking(store.clone(), move |store| {
+            store.link(&name, &target, &hostnames)
+        })
+        .await?;
         tracing::info!(site = %site.name, target = %site.target, "site linked");
-        Ok(Response::new(message(&site, &tld)))
+        Ok(Response::new(message(&site, &store)))
     }
 
     async fn unlink_site(
@@ -92,11 +93,7 @@ impl ProxyAdmin for AdminService {
         _request: Request<ListSitesRequest>,
     ) -> Result<Response<ListSitesReply>, Status> {
         let store = self.store()?;
-        let sites = store
-            .list()
-            .iter()
-            .map(|s| message(s, store.tld()))
-            .collect();
+        let sites = store.list().iter().map(|s| message(s, &store)).collect();
         Ok(Response::new(ListSitesReply { sites }))
     }
 
@@ -133,10 +130,10 @@ impl AdminService {
         secure: bool,
     ) -> Result<Response<SiteMessage>, Status> {
         let store = self.store()?;
-        let tld = store.tld().to_string();
-        let site = Self::blocking(store, move |store| store.set_secure(&name, secure)).await?;
+        let site =
+            Self::blocking(store.clone(), move |store| store.set_secure(&name, secure)).await?;
         tracing::info!(site = %site.name, secure, "site security changed");
-        Ok(Response::new(message(&site, &tld)))
+        Ok(Response::new(message(&site, &store)))
     }
 }
 
@@ -149,14 +146,18 @@ fn ca_message(ca: &LocalCa) -> CaCertificate {
     }
 }
 
-fn message(site: &Site, tld: &str) -> SiteMessage {
+fn message(site: &Site, store: &SiteStore) -> SiteMessage {
+    let leaf_expiry = match site.secure {
+        true => store.certs().site_expiry(&site.name),
+        false => None,
+    };
     SiteMessage {
         name: site.name.clone(),
         target: site.target.to_string(),
         hostnames: site.hostnames.clone(),
-        serves: site.serves(tld),
+        serves: site.serves(store.tld()),
         secure: site.secure,
-        leaf_not_after_unix: 0,
+        leaf_not_after_unix: leaf_expiry.unwrap_or(0),
     }
 }
 

@@ -48,8 +48,10 @@
 //! and `cleanup`, which runs once every accept loop has ended, first waits until every
 //! connection so accepted has reached the app. Without that, a connection whose task had
 //! not run yet when the last request ended would be dropped with the runtime, unanswered.
-//! A connection that never reaches the app (a TLS handshake that fails) is waited for at
-//! most [`HANDSHAKE_WAIT`].
+//! A connection that never reaches the app is waited for at most [`HANDSHAKE_WAIT`]. A
+//! connection on a TLS listener reaches it before its handshake, which the app does
+//! itself (see [`crate::tls::accept`]): one whose handshake fails is counted to its end
+//! like any other, and one in its handshake counts as awaiting its first bytes.
 //!
 //! Limits: a request header whose first
 //! bytes came before pingora's abort but whose rest had not arrived yet is still cut off
@@ -68,6 +70,8 @@ use pingora::server::ShutdownWatch;
 use securely_core::drain::InFlight;
 use tokio::sync::watch;
 
+use crate::tls::accept::TlsAcceptor;
+
 /// How long a new connection may stay silent before proxyd drops it: pingora's own wait
 /// for the first request on a connection (its default keep-alive timeout).
 pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,7 +81,7 @@ pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
 pub const KEEPALIVE_CLOSE_WINDOW: Duration = Duration::from_secs(1);
 
 /// During a drain, how long connections accepted before the stop get to reach the app
-/// (their task to run, their TLS handshake to end): far above what a live client needs.
+/// (their task to run): far above what a live client needs.
 pub const HANDSHAKE_WAIT: Duration = Duration::from_secs(5);
 
 /// The proxy's client connections, shared by the app and the control plane.
@@ -184,6 +188,8 @@ pub struct DrainAwareApp<A> {
     inner: Arc<A>,
     connections: Arc<Connections>,
     requests: Arc<InFlight>,
+    /// The handshake of connections on TLS listeners.
+    tls: Option<Arc<TlsAcceptor>>,
 }
 
 impl<A> DrainAwareApp<A> {
@@ -194,7 +200,16 @@ impl<A> DrainAwareApp<A> {
             inner: Arc::new(inner),
             connections,
             requests,
+            tls: None,
         }
+    }
+
+    /// The same app, completing the TLS handshake of the connections `tls` serves before
+    /// `inner` sees them (a connection counts as awaiting its first bytes until its first
+    /// decrypted bytes are there).
+    pub fn with_tls(mut self, tls: Option<Arc<TlsAcceptor>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Resolves when pingora may abort the sessions waiting for a request: see the
@@ -229,17 +244,19 @@ where
             let _awaiting = self.connections.awaiting_first_bytes.enter();
             // Counted only now, so that a drain that saw it reach the app sees it awaiting.
             self.connections.count_reached_app();
-            // pingora's L4 stream reads the byte and puts it back for the request parser.
-            let mut first = [0u8; 1];
-            match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.try_peek(&mut first)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    // Closed or reset before sending anything: there is nothing to answer.
-                    tracing::debug!("connection ended before its first bytes: {e}");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!("connection silent for {FIRST_BYTES_TIMEOUT:?}; dropped");
+            if !first_bytes(&mut stream).await {
+                return None;
+            }
+            if let Some(tls) = self.tls.as_ref().filter(|tls| tls.serves(&stream)) {
+                stream = match tls.accept(stream).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!("{e}");
+                        return None;
+                    }
+                };
+                // Awaiting still: the first bytes of the request, decrypted.
+                if !first_bytes(&mut stream).await {
                     return None;
                 }
             }
@@ -251,6 +268,26 @@ where
     async fn cleanup(&self) {
         self.quiet().await;
         self.inner.cleanup().await;
+    }
+}
+
+/// Waits (at most [`FIRST_BYTES_TIMEOUT`]) until the client's first bytes can be read;
+/// they are read again by whoever reads the stream next (pingora's TCP stream and
+/// [`crate::tls::stream::TlsConnection`] keep what they peeked). `false`: the client
+/// closed, reset or stayed silent, and the connection is done with.
+async fn first_bytes(stream: &mut Stream) -> bool {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, stream.try_peek(&mut first)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            // Closed or reset before sending anything: there is nothing to answer.
+            tracing::debug!("connection ended before its first bytes: {e}");
+            false
+        }
+        Err(_) => {
+            tracing::debug!("connection silent for {FIRST_BYTES_TIMEOUT:?}; dropped");
+            false
+        }
     }
 }
 

@@ -9,17 +9,18 @@ use pingora::http::RequestHeader;
 
 /// The name proxyd gives itself in `Via` (RFC 9110 7.6.3 "received-by").
 pub const VIA_PSEUDONYM: &str = "securely-proxyd";
-/// The element proxyd appends to `Via`: the protocol it received (HTTP/1.1 only, h2c is
-/// off) and its pseudonym.
+/// The element proxyd appends to `Via`: a protocol version and its pseudonym. The version
+/// is always `1.1`, also for requests received over h2 (RFC 9110 would say `2`), so that
+/// one element recognises every request proxyd forwarded.
 pub const VIA_ELEMENT: &str = "1.1 securely-proxyd";
 
 /// Adds the forwarding headers to `request`, which came from `client_ip` for the host
-/// `client_host` (the Host header as sent).
+/// `client_host` (the Host header as sent) over `scheme` (`http` or `https`).
 ///
 /// * `X-Forwarded-For`: the client's own values, then the client's address, like nginx's
 ///   `$proxy_add_x_forwarded_for`. The earlier values are whatever the client claims; only
 ///   the last one is proxyd's word.
-/// * `X-Forwarded-Proto`: `http` (proxyd serves plain HTTP), replacing the client's.
+/// * `X-Forwarded-Proto`: `scheme`, replacing the client's.
 /// * `X-Forwarded-Host`: the Host header as sent, replacing the client's.
 /// * `Via`: the client's elements, then [`VIA_ELEMENT`], which lets proxyd recognise a
 ///   request it forwarded itself (see [`crate::loops`]).
@@ -27,12 +28,13 @@ pub fn add_forwarding_headers(
     request: &mut RequestHeader,
     client_ip: Option<IpAddr>,
     client_host: &str,
+    scheme: &'static str,
 ) -> pingora::Result<()> {
     if let Some(ip) = client_ip {
         let forwarded_for = appended(request, &X_FORWARDED_FOR, &ip.to_canonical().to_string());
         request.insert_header(X_FORWARDED_FOR, forwarded_for)?;
     }
-    request.insert_header(X_FORWARDED_PROTO, "http")?;
+    request.insert_header(X_FORWARDED_PROTO, scheme)?;
     request.insert_header(X_FORWARDED_HOST, client_host)?;
     let via = appended(request, &header::VIA, VIA_ELEMENT);
     request.insert_header(header::VIA, via)?;
@@ -96,7 +98,7 @@ mod tests {
             ("via", "1.1 p.example"),
         ]);
         let client = "::ffff:192.0.2.7".parse().ok();
-        add_forwarding_headers(&mut req, client, "App.Test:8080").unwrap();
+        add_forwarding_headers(&mut req, client, "App.Test:8080", "http").unwrap();
         assert_eq!(value(&req, "x-forwarded-for"), "192.0.2.7");
         assert_eq!(value(&req, "x-forwarded-proto"), "http");
         assert_eq!(value(&req, "x-forwarded-host"), "App.Test:8080");
@@ -106,8 +108,9 @@ mod tests {
         );
 
         let mut bare = request(&[]);
-        add_forwarding_headers(&mut bare, None, "a.test").unwrap();
+        add_forwarding_headers(&mut bare, None, "a.test", "https").unwrap();
         assert!(bare.headers.get("x-forwarded-for").is_none());
+        assert_eq!(value(&bare, "x-forwarded-proto"), "https");
         assert_eq!(value(&bare, "via"), VIA_ELEMENT);
     }
 }

@@ -1,7 +1,8 @@
-//! The HTTP listening sockets, and how an already-bound socket reaches pingora.
+//! The listening sockets (plain HTTP and https), and how an already-bound socket reaches
+//! pingora.
 //!
 //! proxyd never lets pingora bind: under the supervisor the sockets are inherited at exec
-//! time (named `http`), standalone proxyd binds them itself with
+//! time (named `http` and `https`), standalone proxyd binds them itself with
 //! [`securely_core::bind::tcp`]. Either way pingora must adopt a socket that is already
 //! listening. pingora offers two doors:
 //!
@@ -25,19 +26,17 @@
 //! `take_tcp` makes an inherited one so, whatever the parent left.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::IntoRawFd;
-use std::time::Duration;
 
 use pingora::server::ListenFds;
 use securely_core::daemon::Daemon;
 use securely_core::listen_fds::{ListenFdsError, names};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Why the HTTP listeners could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenerError {
-    /// An inherited `http` fd is not a listening TCP socket.
+    /// An inherited `http` or `https` fd is not a listening TCP socket.
     #[error(transparent)]
     Inherited(#[from] ListenFdsError),
     /// An inherited socket has no IP address.
@@ -52,7 +51,7 @@ pub enum ListenerError {
         source: io::Error,
     },
     /// Two sockets have the same local address, so pingora could not tell them apart.
-    #[error("two HTTP sockets listen on {0}")]
+    #[error("two proxy sockets listen on {0}")]
     Duplicate(SocketAddr),
     /// There is nothing to listen on.
     #[error("no HTTP socket to listen on (proxy.listen is empty)")]
@@ -93,29 +92,60 @@ impl HttpListener {
     }
 }
 
-/// The HTTP listeners: every inherited `http` socket, or, standalone, one bound for each
-/// address in `proxy.listen`.
-pub fn take(daemon: &mut Daemon) -> Result<Vec<HttpListener>, ListenerError> {
-    let inherited = daemon.fds.take_tcp(names::HTTP)?;
-    let listeners = if inherited.is_empty() {
-        daemon
-            .settings
-            .proxy_listen()
-            .into_iter()
-            .map(HttpListener::bind)
-            .collect::<Result<Vec<_>, _>>()?
+/// proxyd's listening sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Plain HTTP (`proxy.listen`, inherited as `http`); at least one.
+    pub http: Vec<HttpListener>,
+    /// https (`proxy.tls_listen`, inherited as `https`); maybe none.
+    pub https: Vec<HttpListener>,
+}
+
+impl Listeners {
+    /// Every socket's address, plain HTTP first.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.http
+            .iter()
+            .chain(&self.https)
+            .map(HttpListener::addr)
+            .collect()
+    }
+}
+
+/// The listeners: every inherited `http` and `https` socket, or, standalone (none
+/// inherited), one bound for each address in `proxy.listen` and `proxy.tls_listen`.
+pub fn take(daemon: &mut Daemon) -> Result<Listeners, ListenerError> {
+    let http = daemon.fds.take_tcp(names::HTTP)?;
+    let https = daemon.fds.take_tcp(names::HTTPS)?;
+    let listeners = if http.is_empty() && https.is_empty() {
+        let bind = |addrs: Vec<SocketAddr>| {
+            addrs
+                .into_iter()
+                .map(HttpListener::bind)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Listeners {
+            http: bind(daemon.settings.proxy_listen())?,
+            https: bind(daemon.settings.proxy_tls_listen())?,
+        }
     } else {
-        inherited
-            .into_iter()
-            .map(HttpListener::inherited)
-            .collect::<Result<Vec<_>, _>>()?
+        let adopt = |fds: Vec<TcpListener>| {
+            fds.into_iter()
+                .map(HttpListener::inherited)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Listeners {
+            http: adopt(http)?,
+            https: adopt(https)?,
+        }
     };
-    if listeners.is_empty() {
+    if listeners.http.is_empty() {
         return Err(ListenerError::None);
     }
-    for (i, listener) in listeners.iter().enumerate() {
-        if listeners[..i].iter().any(|l| l.addr == listener.addr) {
-            return Err(ListenerError::Duplicate(listener.addr));
+    let addrs = listeners.addrs();
+    for (i, addr) in addrs.iter().enumerate() {
+        if addrs[..i].contains(addr) {
+            return Err(ListenerError::Duplicate(*addr));
         }
     }
     Ok(listeners)
@@ -130,45 +160,6 @@ pub fn hand_over(table: &ListenFds, listeners: Vec<HttpListener>) {
         tracing::debug!(%key, "handing listening socket to pingora");
         table.add(key, listener.listener.into_raw_fd());
     }
-}
-
-/// The request a readiness probe sends. It has no Host, so proxyd answers it with its own
-/// 400 page and never forwards it to a site.
-const PROBE_REQUEST: &[u8] =
-    b"GET / HTTP/1.1\r\nUser-Agent: securely-proxyd readiness probe\r\nConnection: close\r\n\r\n";
-
-/// Proves that the proxy answers on `addr`: connects (to loopback when `addr` is a
-/// wildcard), sends a request and waits for a status line.
-pub async fn probe(addr: SocketAddr, timeout: Duration) -> io::Result<()> {
-    let target = match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
-    };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(target).await?;
-        stream.write_all(PROBE_REQUEST).await?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).await?;
-        if head.starts_with(b"HTTP/1.") {
-            Ok(())
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unexpected answer {:?}", String::from_utf8_lossy(&head)),
-            ))
-        }
-    };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no answer within {timeout:?}"),
-        )
-    })?
 }
 
 #[cfg(test)]

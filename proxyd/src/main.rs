@@ -25,10 +25,12 @@ mod connections;
 mod control;
 mod drain;
 mod forwarding;
+mod https;
 mod listeners;
 mod loops;
 mod pages;
 mod plane;
+mod probe;
 mod proxy;
 mod resolve;
 mod routing;
@@ -53,6 +55,7 @@ use securely_core::drain::InFlight;
 use tokio::sync::{oneshot, watch};
 
 use crate::connections::Connections;
+use crate::https::HttpsPolicy;
 use crate::listeners::HttpListener;
 use crate::loops::OwnListeners;
 use crate::plane::ProxyPlane;
@@ -62,6 +65,8 @@ use crate::service::ProxyService;
 use crate::store::StoreSetup;
 use crate::tenant::SiteTenant;
 use crate::tenure::StoreSlot;
+use crate::tls::accept::TlsAcceptor;
+use crate::tls::certs::Certs;
 
 /// jemalloc instead of glibc's malloc: under load glibc's malloc/free took about 18 % of
 /// proxyd's CPU (pingora allocates per request). Measured against nginx in the same runs
@@ -85,15 +90,25 @@ fn run() -> anyhow::Result<()> {
     let mut daemon = Daemon::start("proxyd")?;
 
     // 2. sockets
-    let http = listeners::take(&mut daemon)?;
-    let http_addrs: Vec<_> = http.iter().map(HttpListener::addr).collect();
+    let listeners = listeners::take(&mut daemon)?;
+    let http_addrs: Vec<_> = listeners.http.iter().map(HttpListener::addr).collect();
+    let https_addrs: Vec<_> = listeners.https.iter().map(HttpListener::addr).collect();
 
     // 3. assemble
+    let routes = Arc::new(Routes::default());
+    let certs = Certs::new(routes.clone());
     let setup = StoreSetup {
         tld: daemon.settings.dns.tld.clone(),
-        own: OwnListeners::new(http_addrs.clone()),
-        routes: Arc::new(Routes::default()),
+        own: OwnListeners::new(listeners.addrs()),
+        routes,
         tree: daemon.tree_path(),
+        certs: certs.clone(),
+    };
+    let tls = match https_addrs.is_empty() {
+        true => None,
+        false => Some(Arc::new(
+            TlsAcceptor::new(certs.clone(), https_addrs.clone()).context("setting up TLS")?,
+        )),
     };
     let in_flight = InFlight::new();
     let connections = Connections::new();
@@ -102,12 +117,14 @@ fn run() -> anyhow::Result<()> {
     let (service_failed, service_failure) = oneshot::channel();
     let mut server =
         Server::new_with_opt_and_conf(None::<Opt>, conf::server_conf(&daemon.settings));
-    let proxy = SiteProxy::new(setup.routes.clone(), in_flight.clone());
+    let proxy = SiteProxy::new(setup.routes.clone(), in_flight.clone())
+        .with_https(HttpsPolicy::new(&https_addrs, &setup.tld));
     let tunnels = proxy.tunnels();
     server.add_service(ProxyService::new(
         &server.configuration,
         proxy,
-        http,
+        listeners.http.into_iter().chain(listeners.https).collect(),
+        tls,
         accepting,
         connections.clone(),
         service_failed,
@@ -121,12 +138,15 @@ fn run() -> anyhow::Result<()> {
         setup,
         access: daemon.access.clone(),
         http: http_addrs.clone(),
+        https: https_addrs.clone(),
         socket: daemon.socket_path(),
     };
     let plane = ProxyPlane {
         run_pingora: Some(run_pingora),
         phases: Some(phases),
         http: http_addrs,
+        https: https_addrs,
+        certs,
         service_failure,
         stop_accepting,
         connections,

@@ -1,6 +1,8 @@
 //! The pages proxyd answers with itself: unknown host (404), no or bad Host (400),
 //! backend unreachable (502), backend too slow (504), a request going round in a loop
-//! (508) and other failures. Everything interpolated is HTML-escaped.
+//! (508), a secure site asked for over plain HTTP (308 to https) and a site that is not
+//! secure asked for over https (421), and other failures. Everything interpolated is
+//! HTML-escaped.
 
 use bytes::Bytes;
 
@@ -14,6 +16,8 @@ pub struct Page {
     pub status: u16,
     /// The HTML document.
     pub body: Bytes,
+    /// Where a redirect points (the `Location` header).
+    pub location: Option<String>,
 }
 
 /// 404: no site serves `host`.
@@ -93,6 +97,33 @@ pub fn loop_detected(host: &str, site: Option<(&str, &str)>) -> Page {
     )
 }
 
+/// 308: the site is served over https; the same request goes to `location`.
+pub fn to_https(location: &str) -> Page {
+    let escaped = escape_html(location);
+    let mut page = render(
+        308,
+        "Permanent Redirect",
+        &format!("<p>This site is served over https: <a href=\"{escaped}\">{escaped}</a>.</p>"),
+    );
+    page.location = Some(location.to_string());
+    page
+}
+
+/// 421: site `site` is asked for over https but served over plain HTTP only.
+pub fn not_secure(host: &str, site: &str) -> Page {
+    let host = escape_html(host);
+    let site = escape_html(site);
+    render(
+        421,
+        "Misdirected Request",
+        &format!(
+            "<p>Site <code>{site}</code> is served over plain HTTP only: use \
+             <a href=\"http://{host}/\">http://{host}/</a>, or serve it over https with \
+             <code>securelyctl site:secure {site}</code>.</p>"
+        ),
+    )
+}
+
 /// Any other failure that still lets proxyd answer (`status` 400-599).
 pub fn failure(status: u16) -> Page {
     let reason = http::StatusCode::from_u16(status)
@@ -131,6 +162,7 @@ fn render(status: u16, reason: &str, content: &str) -> Page {
     Page {
         status,
         body: Bytes::from(body),
+        location: None,
     }
 }
 
@@ -182,6 +214,22 @@ mod tests {
         assert!(text(&page).contains("&lt;app&gt;.test"));
         assert!(text(&page).contains("<code>127.0.0.1:8080</code>"));
         assert!(text(&loop_detected("x.test", None)).contains("x.test"));
+    }
+
+    #[test]
+    fn the_https_pages_point_the_way() {
+        let page = to_https("https://app.test:8443/a?b=<c>");
+        assert_eq!(page.status, 308);
+        assert_eq!(
+            page.location.as_deref(),
+            Some("https://app.test:8443/a?b=<c>")
+        );
+        assert!(text(&page).contains("b=&lt;c&gt;"));
+
+        let page = not_secure("app.test", "app");
+        assert_eq!(page.status, 421);
+        assert!(text(&page).contains("securelyctl site:secure app"));
+        assert!(page.location.is_none());
     }
 
     #[test]

@@ -27,8 +27,9 @@ use tokio::time::Instant;
 
 use crate::connections::Connections;
 use crate::drain::{self, CutOff, DrainOutcome, PingoraExit, PingoraRelease};
-use crate::listeners;
+use crate::probe;
 use crate::service::ServiceError;
+use crate::tls::certs::Certs;
 
 /// How long the proxy may take to answer its first request on each listener after
 /// pingora reports it runs.
@@ -54,6 +55,9 @@ pub enum PlaneError {
     /// The proxy service could not start.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// The https listeners have no CA to serve certificates from (no tree was opened).
+    #[error("no local CA loaded for the https listeners")]
+    NoCa,
 }
 
 /// The proxy, seen from the control thread.
@@ -64,6 +68,10 @@ pub struct ProxyPlane {
     pub phases: Option<broadcast::Receiver<ExecutionPhase>>,
     /// The HTTP listeners' addresses.
     pub http: Vec<SocketAddr>,
+    /// The https listeners' addresses.
+    pub https: Vec<SocketAddr>,
+    /// The certificates, whose CA the https probe trusts.
+    pub certs: Arc<Certs>,
     /// Reports the proxy service failing to start.
     pub service_failure: oneshot::Receiver<ServiceError>,
     /// Flipped to stop the proxy accepting.
@@ -82,14 +90,23 @@ pub struct ProxyPlane {
 
 impl DataPlane for ProxyPlane {
     fn listeners(&self) -> Vec<String> {
-        self.http.iter().map(|a| format!("tcp://{a}")).collect()
+        self.http
+            .iter()
+            .chain(&self.https)
+            .map(|a| format!("tcp://{a}"))
+            .collect()
     }
 
     fn start(&mut self) -> Result<Answering, BoxError> {
         let run = self.run_pingora.take().ok_or(PlaneError::MainGone)?;
         run.send(()).map_err(|_| PlaneError::MainGone)?;
         let phases = self.phases.take().ok_or(PlaneError::PingoraGone)?;
-        Ok(Box::pin(answering(phases, self.http.clone())))
+        Ok(Box::pin(answering(
+            phases,
+            self.http.clone(),
+            self.https.clone(),
+            self.certs.clone(),
+        )))
     }
 
     async fn failed(&mut self) -> BoxError {
@@ -127,10 +144,13 @@ impl DataPlane for ProxyPlane {
     }
 }
 
-/// Waits for pingora to run, then proves the proxy answers on every listener.
+/// Waits for pingora to run, then proves the proxy answers on every listener (over TLS,
+/// with a certificate its CA signed, on the https ones).
 async fn answering(
     mut phases: broadcast::Receiver<ExecutionPhase>,
     http: Vec<SocketAddr>,
+    https: Vec<SocketAddr>,
+    certs: Arc<Certs>,
 ) -> Result<(), BoxError> {
     loop {
         match phases.recv().await {
@@ -140,7 +160,16 @@ async fn answering(
         }
     }
     for addr in http {
-        listeners::probe(addr, READY_TIMEOUT)
+        probe::http(addr, READY_TIMEOUT)
+            .await
+            .map_err(|source| PlaneError::NotServing { addr, source })?;
+    }
+    if https.is_empty() {
+        return Ok(());
+    }
+    let ca = certs.ca().ok_or(PlaneError::NoCa)?;
+    for addr in https {
+        probe::https(addr, &ca, READY_TIMEOUT)
             .await
             .map_err(|source| PlaneError::NotServing { addr, source })?;
     }

@@ -5,15 +5,18 @@
 //! * `new_ctx`: the request counts as in flight until its context is dropped, or until
 //!   it is upgraded (a WebSocket): from then on it counts as a tunnel (see
 //!   [`crate::upgrade`]).
-//! * `request_filter`: Host -> site; 400 without a host, 508 when the request has been
-//!   through proxyd already (see [`crate::loops`]), 404 when no site serves it. `CONNECT`
+//! * `request_filter`: Host (or HTTP/2's `:authority`) -> site; 400 without a host, 508
+//!   when the request has been through proxyd already (see [`crate::loops`]), 404 when no
+//!   site serves it, 308 to https for a secure site over plain HTTP and 421 for a site
+//!   that is not secure over https (see [`crate::https`]). `CONNECT`
 //!   never gets here: pingora answers it 405 itself (`allow_connect_method_proxying` is
 //!   off by default).
 //! * `upstream_peer`: the site's target, resolved when it is a hostname (see
 //!   [`crate::resolve`]); each address is tried in turn (`fail_to_connect` asks for a
 //!   retry while some remain). An upgrade request's backend has no idle timeout.
-//! * `upstream_request_filter`: the forwarding headers (see [`crate::forwarding`]); the
-//!   Host header is left as the client sent it.
+//! * `upstream_request_filter`: the forwarding headers (see [`crate::forwarding`];
+//!   `X-Forwarded-Proto` says whether the client came over TLS); the Host header is left
+//!   as the client sent it.
 //! * `response_filter`: a `101 Switching Protocols` to an upgrade request turns the request
 //!   into a tunnel, with no idle timeout on the client's side either.
 //! * `response_filter` (and proxyd's own pages): once proxyd's stop switch is on, the
@@ -41,6 +44,7 @@ use pingora::{Error, ErrorSource};
 use securely_core::drain::{InFlight, InFlightGuard};
 
 use crate::forwarding;
+use crate::https::{self, HttpsPolicy};
 use crate::loops;
 use crate::pages::{self, Page};
 use crate::resolve::{Addresses, Resolver};
@@ -62,6 +66,8 @@ pub struct SiteProxy {
     resolver: Resolver,
     /// proxyd's stop switch: once on, every response closes its connection.
     stopping: ShutdownWatch,
+    /// Redirects to https, refuses https for sites that are not secure.
+    https: HttpsPolicy,
 }
 
 impl SiteProxy {
@@ -74,7 +80,14 @@ impl SiteProxy {
             resolver: Resolver::default(),
             // A switch nobody can flip, until `closing_once` gives the real one.
             stopping: tokio::sync::watch::channel(false).1,
+            https: HttpsPolicy::default(),
         }
+    }
+
+    /// The same proxy, sending a secure site's plain-HTTP requests where `https` says.
+    pub fn with_https(mut self, https: HttpsPolicy) -> Self {
+        self.https = https;
+        self
     }
 
     /// The same proxy, answering every response with `Connection: close` once `stop`
@@ -168,6 +181,10 @@ impl ProxyHttp for SiteProxy {
         }
         match route {
             Some(route) => {
+                if let Some(page) = self.https.answer(session, &host, &route) {
+                    self.respond(session, &page).await?;
+                    return Ok(true);
+                }
                 ctx.route = Some(route);
                 ctx.client_host = raw;
                 Ok(false)
@@ -239,7 +256,12 @@ impl ProxyHttp for SiteProxy {
             .client_addr()
             .and_then(|addr| addr.as_inet())
             .map(|addr| addr.ip());
-        forwarding::add_forwarding_headers(upstream_request, client_ip, &ctx.client_host)
+        let scheme = if https::is_tls(session) {
+            "https"
+        } else {
+            "http"
+        };
+        forwarding::add_forwarding_headers(upstream_request, client_ip, &ctx.client_host, scheme)
     }
 
     async fn response_filter(
@@ -322,10 +344,17 @@ fn is_client_gone(error: &Error) -> bool {
 
 /// The host a request is for: its one Host header (HTTP/1.1 requires one, and pingora
 /// keeps an absolute-form target's authority out of the URI after checking that it
-/// matches Host). Explains what is wrong otherwise.
+/// matches Host), or an HTTP/2 request's `:authority` when it has no Host. Explains what
+/// is wrong otherwise.
 fn client_host(request: &RequestHeader) -> Result<String, &'static str> {
     let mut hosts = request.headers.get_all(header::HOST).iter();
-    let host = hosts.next().ok_or("The request has no Host header.")?;
+    let Some(host) = hosts.next() else {
+        return request
+            .uri
+            .authority()
+            .map(|authority| authority.as_str().to_string())
+            .ok_or("The request has no Host header.");
+    };
     if hosts.next().is_some() {
         return Err("The request has more than one Host header.");
     }
@@ -366,10 +395,13 @@ fn status_for(e: &Error) -> u16 {
 
 /// Writes one of proxyd's own pages as the whole response.
 async fn write_page(session: &mut Session, page: &Page) -> pingora::Result<()> {
-    let mut response = ResponseHeader::build(page.status, Some(3))?;
+    let mut response = ResponseHeader::build(page.status, Some(4))?;
     response.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
     response.insert_header(header::CONTENT_LENGTH, page.body.len().to_string())?;
     response.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if let Some(location) = &page.location {
+        response.insert_header(header::LOCATION, location.as_str())?;
+    }
     session
         .write_response_header(Box::new(response), false)
         .await?;

@@ -18,6 +18,10 @@ pub struct Route {
     pub site: String,
     /// The backend.
     pub target: Target,
+    /// Whether the site is served over https (and its plain-HTTP requests redirected).
+    pub secure: bool,
+    /// Every hostname the site answers for, `NAME.<tld>` first.
+    pub serves: Arc<[String]>,
 }
 
 /// An immutable hostname -> route map.
@@ -32,12 +36,17 @@ impl RoutingTable {
     pub fn build<'a>(sites: impl IntoIterator<Item = &'a Site>, tld: &str) -> Self {
         let mut routes = HashMap::new();
         for site in sites {
+            let serves: Arc<[String]> = site.serves(tld).into();
             let route = Arc::new(Route {
                 site: site.name.clone(),
                 target: site.target.clone(),
+                secure: site.secure,
+                serves: serves.clone(),
             });
-            for hostname in site.serves(tld) {
-                routes.entry(hostname).or_insert_with(|| route.clone());
+            for hostname in serves.iter() {
+                routes
+                    .entry(hostname.clone())
+                    .or_insert_with(|| route.clone());
             }
         }
         Self { routes }

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use crate::connections::{Connections, DrainAwareApp};
 use crate::listeners::{self, HttpListener};
 use crate::proxy::SiteProxy;
+use crate::tls::accept::TlsAcceptor;
 
 /// The service's name in pingora's logs and thread names.
 const SERVICE_NAME: &str = "securely-proxyd";
@@ -54,7 +55,9 @@ pub struct ProxyService {
 impl ProxyService {
     /// An HTTP/1.1 proxy for `proxy` on `listeners`, accepting until `stop` turns true and
     /// counting its connections in `connections`; a failure to start is sent on `failure`
-    /// (the control plane then stops proxyd).
+    /// (the control plane then stops proxyd). The connections `tls` serves (those on the
+    /// TLS listeners, which pingora sees as plain TCP ones) are https, with h2 or HTTP/1.1
+    /// by ALPN.
     ///
     /// h2c (cleartext HTTP/2) stays off, as pingora's `HttpServerOptions` default it: pingora
     /// detects h2c by reading the 24-byte HTTP/2 preface before anything else, so an HTTP/1
@@ -64,13 +67,15 @@ impl ProxyService {
         conf: &Arc<ServerConf>,
         proxy: SiteProxy,
         listeners: Vec<HttpListener>,
+        tls: Option<Arc<TlsAcceptor>>,
         stop: ShutdownWatch,
         connections: Arc<Connections>,
         failure: oneshot::Sender<ServiceError>,
     ) -> Self {
         let proxy = proxy.closing_once(stop.clone());
         let requests = proxy.requests();
-        let app = DrainAwareApp::new(http_proxy(conf, proxy), connections.clone(), requests);
+        let app = DrainAwareApp::new(http_proxy(conf, proxy), connections.clone(), requests)
+            .with_tls(tls);
         let mut inner = Service::new(SERVICE_NAME.to_string(), app);
         inner.set_connection_filter(connections.accept_counter());
         for listener in &listeners {
@@ -176,6 +181,7 @@ mod tests {
             &Arc::new(ServerConf::default()),
             SiteProxy::new(routes, InFlight::new()),
             vec![listener],
+            None,
             stop,
             connections,
             failure,
@@ -210,7 +216,7 @@ mod tests {
                     .start_service(Some(table), watch::channel(false).1, 1, notifier)
                     .await;
             });
-            listeners::probe(addr, PATIENCE)
+            crate::probe::http(addr, PATIENCE)
                 .await
                 .expect("the proxy answers");
             let running = Self {

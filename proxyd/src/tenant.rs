@@ -27,6 +27,8 @@ pub struct SiteTenant {
     pub access: Access,
     /// The HTTP listeners' addresses, for the ready status.
     pub http: Vec<SocketAddr>,
+    /// The https listeners' addresses, for the ready status.
+    pub https: Vec<SocketAddr>,
     /// The gRPC socket, for the ready status.
     pub socket: PathBuf,
 }
@@ -53,7 +55,7 @@ impl Tenant for SiteTenant {
 
     fn status(&self, _tenure: &Held) -> String {
         let sites = self.slot.get().map_or(0, |store| store.len());
-        status_line(sites, &self.http, &self.socket)
+        status_line(sites, &self.http, &self.https, &self.socket)
     }
 
     async fn close(
@@ -75,11 +77,21 @@ impl Tenant for SiteTenant {
 }
 
 /// The status line sent with `READY=1`.
-fn status_line(sites: usize, http: &[SocketAddr], grpc: &Path) -> String {
-    let http: Vec<String> = http.iter().map(ToString::to_string).collect();
+fn status_line(sites: usize, http: &[SocketAddr], https: &[SocketAddr], grpc: &Path) -> String {
+    let list = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let https = match https {
+        [] => String::new(),
+        some => format!("; https on {}", list(some)),
+    };
     format!(
-        "{sites} site(s); HTTP on {}; gRPC on {}",
-        http.join(", "),
+        "{sites} site(s); HTTP on {}{https}; gRPC on {}",
+        list(http),
         grpc.display()
     )
 }

@@ -142,11 +142,13 @@ mod tests {
     use crate::routing::Routes;
 
     fn setup(tree: &std::path::Path) -> StoreSetup {
+        let routes = Arc::new(Routes::default());
         StoreSetup {
             tld: "test".into(),
             own: OwnListeners::default(),
-            routes: Arc::new(Routes::default()),
+            routes: routes.clone(),
             tree: tree.to_path_buf(),
+            certs: crate::tls::certs::Certs::new(routes),
         }
     }
 

@@ -313,6 +313,18 @@ fn wanted_sockets(settings: &Settings, daemon: &str) -> Vec<(&'static str, Strin
                     }),
                 ));
             }
+            for (i, addr) in settings.proxy_tls_listen().into_iter().enumerate() {
+                wanted.push((
+                    names::HTTPS,
+                    format!("tcp://{addr}"),
+                    Box::new(move || {
+                        let listener = bind::tcp(addr).with_context(|| {
+                            format!("proxy.tls_listen[{i}]: binding TCP {addr}")
+                        })?;
+                        Ok(listener.into())
+                    }),
+                ));
+            }
         }
         "dnsd" => {
             for (i, addr) in settings.dns_listen().into_iter().enumerate() {

@@ -128,6 +128,8 @@ pub struct Stack {
     pub config: PathBuf,
     /// proxyd's HTTP address.
     pub http: SocketAddr,
+    /// proxyd's https address (`proxy.tls_listen`).
+    pub https: SocketAddr,
     /// dnsd's address (UDP and TCP).
     pub dns: SocketAddr,
     /// The supervisor process, when started in the foreground.
@@ -144,6 +146,7 @@ impl Stack {
             .tempdir()
             .expect("temp dir");
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let upstreams = config
             .upstreams
@@ -152,7 +155,7 @@ impl Stack {
             .collect::<Vec<_>>()
             .join(", ");
         let yaml = format!(
-            "runtime_dir: {run}\ndata_dir: {data}\nproxy:\n  listen: [\"{http}\"]\n\
+            "runtime_dir: {run}\ndata_dir: {data}\nproxy:\n  listen: [\"{http}\"]\n  tls_listen: [\"{https}\"]\n\
              dns:\n  listen: [\"{dns}\"]\n  upstreams: [{upstreams}]\n{extra}",
             run = dir.path().join("run").display(),
             data = dir.path().join("data").display(),
@@ -169,6 +172,7 @@ impl Stack {
             dir,
             config: config_path,
             http,
+            https,
             dns,
             supervisor: None,
             bin_dir,

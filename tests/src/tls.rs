@@ -41,6 +41,16 @@ impl TlsClient {
         })
     }
 
+    /// The same client, sending no SNI (the server's certificate is still checked against
+    /// the name given to [`TlsClient::connect`]).
+    pub fn without_sni(&self) -> Self {
+        let mut config = rustls::ClientConfig::clone(self.connector.config());
+        config.enable_sni = false;
+        Self {
+            connector: TlsConnector::from(Arc::new(config)),
+        }
+    }
+
     /// Connects to `addr` and completes a handshake for `server_name` (sent as SNI and
     /// checked against the server's certificate).
     pub async fn connect(
@@ -58,4 +68,10 @@ impl TlsClient {
 /// The protocol the server chose by ALPN, if any.
 pub fn negotiated(stream: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
     stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// The server's own certificate (DER), as the handshake presented it.
+pub fn leaf(stream: &TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    let chain = stream.get_ref().1.peer_certificates()?;
+    Some(chain.first()?.to_vec())
 }

@@ -114,6 +114,9 @@ pub struct Settings {
 pub struct ProxySettings {
     /// TCP addresses to serve HTTP on.
     pub listen: Vec<String>,
+    /// TCP addresses to serve https on (TLS with the local CA's certificates); may be
+    /// empty.
+    pub tls_listen: Vec<String>,
 }
 
 /// dnsd's section.
@@ -177,6 +180,7 @@ impl Default for ProxySettings {
     fn default() -> Self {
         Self {
             listen: vec!["127.0.0.1:8080".into()],
+            tls_listen: vec!["127.0.0.1:8443".into()],
         }
     }
 }
@@ -323,6 +327,15 @@ impl Settings {
     pub fn proxy_listen(&self) -> Vec<SocketAddr> {
         self.proxy
             .listen
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
+    /// The proxy's https addresses (after [`Settings::validate`] they all parse).
+    pub fn proxy_tls_listen(&self) -> Vec<SocketAddr> {
+        self.proxy
+            .tls_listen
             .iter()
             .filter_map(|a| a.parse().ok())
             .collect()

@@ -158,12 +158,14 @@ impl Settings {
         // Every TCP port is claimed once: proxy listeners and dnsd's TCP side share the space.
         let mut tcp_claims: Vec<(String, SocketAddr)> = Vec::new();
         let mut udp_claims: BTreeSet<SocketAddr> = BTreeSet::new();
+        // (key, addresses, also UDP, may be empty)
         let sections = [
-            ("proxy.listen", &self.proxy.listen, false),
-            ("dns.listen", &self.dns.listen, true),
+            ("proxy.listen", &self.proxy.listen, false, false),
+            ("proxy.tls_listen", &self.proxy.tls_listen, false, true),
+            ("dns.listen", &self.dns.listen, true, false),
         ];
-        for (section, list, with_udp) in sections {
-            if list.is_empty() {
+        for (section, list, with_udp, may_be_empty) in sections {
+            if list.is_empty() && !may_be_empty {
                 errors.push(SettingsError::new(
                     section,
                     "needs at least one address to listen on",

@@ -32,6 +32,7 @@ use crate::loops::OwnListeners;
 use crate::routing::{Routes, RoutingTable};
 use crate::sites::{InvalidField, Site, TargetHost, primary_hostname};
 use crate::tls::ca::LocalCa;
+use crate::tls::certs::Certs;
 use crate::tls::vault::{Vault, VaultError};
 
 /// The sled tree (inside proxyd's database) that holds one record per site.
@@ -81,6 +82,9 @@ pub struct StoreSetup {
     pub routes: Arc<Routes>,
     /// The tree's directory (whose files every commit syncs).
     pub tree: PathBuf,
+    /// The certificates the TLS listeners serve; every opening hands them the CA and
+    /// the kept leaves, every closing saves the leaves minted since.
+    pub certs: Arc<Certs>,
 }
 
 impl StoreSetup {
@@ -88,7 +92,7 @@ impl StoreSetup {
     /// [`SiteStore::open`]).
     pub fn open(&self, db: sled::Db) -> Result<SiteStore, StoreError> {
         let mut durable = DurableTree::open(db, &self.tree)?;
-        let vault = Vault::open(&mut durable, &self.tld)?;
+        let vault = Vault::open(&mut durable, &self.tld, self.certs.clone())?;
         SiteStore::open(
             durable,
             vault,
@@ -173,6 +177,11 @@ impl SiteStore {
         self.vault.ca()
     }
 
+    /// The certificates served.
+    pub fn certs(&self) -> &Arc<Certs> {
+        self.vault.certs()
+    }
+
     /// The local TLD every site name lives under.
     pub fn tld(&self) -> &str {
         &self.tld
@@ -248,6 +257,9 @@ impl SiteStore {
     /// (give or take sled's IO threads finishing, see the build notes).
     pub fn close(self) -> Result<(), sled::Error> {
         let durable = self.writer.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = self.vault.save_leaves() {
+            tracing::warn!("the certificates issued are not kept: {e}");
+        }
         durable.db().flush()?;
         drop(self.tree);
         drop(self.vault);

@@ -6,11 +6,13 @@ use crate::sites::MAX_HOSTNAMES;
 const OWN_LISTENER: &str = "127.0.0.1:8080";
 
 fn setup(dir: &std::path::Path, own: OwnListeners) -> StoreSetup {
+    let routes = Arc::new(Routes::default());
     StoreSetup {
         tld: "test".into(),
         own,
-        routes: Arc::new(Routes::default()),
+        routes: routes.clone(),
         tree: dir.to_path_buf(),
+        certs: crate::tls::certs::Certs::new(routes),
     }
 }
 

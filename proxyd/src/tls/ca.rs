@@ -47,7 +47,6 @@ pub struct StoredCa {
 }
 
 /// The CA, ready to sign.
-#[allow(dead_code)]
 pub struct LocalCa {
     issuer: Issuer<'static, KeyPair>,
     cert_der: CertificateDer<'static>,
@@ -132,13 +131,11 @@ impl LocalCa {
     }
 
     /// The signer of leaves.
-    #[allow(dead_code)]
     pub fn issuer(&self) -> &Issuer<'static, KeyPair> {
         &self.issuer
     }
 
     /// The certificate, DER.
-    #[allow(dead_code)]
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }

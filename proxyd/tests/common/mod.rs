@@ -70,7 +70,7 @@ impl Proxyd {
             format!(
                 "runtime_dir: {}\ndata_dir: {}\ngrace_period_seconds: {grace_seconds}\n\
                  graceful_shutdown_timeout_seconds: 5\nthreads: 2\n\
-                 proxy:\n  listen: [\"127.0.0.1:{http_port}\"]\n\
+                 proxy:\n  listen: [\"127.0.0.1:{http_port}\"]\n  tls_listen: []\n\
                  dns:\n  listen: [\"127.0.0.1:{}\"]\n  tld: test\n",
                 runtime.display(),
                 data.display(),
