@@ -163,7 +163,7 @@ pub(crate) async fn resumed(
 
 /// A Watch stream on the supervisor after event `after_seq` (0: from the current state),
 /// or `None` if it cannot be opened.
-async fn open(target: &Target, after_seq: u64) -> Option<Streaming<Event>> {
+pub(crate) async fn open(target: &Target, after_seq: u64) -> Option<Streaming<Event>> {
     let mut client = SupervisorClient::new(target.supervisor_unbounded().await.ok()?);
     let request = WatchRequest { after_seq };
     Some(client.watch(request).await.ok()?.into_inner())

@@ -1,15 +1,27 @@
 //! `watch`: follow the stack's events as they happen.
 
+use std::time::Duration;
+
 use securely_proto::supervisor::supervisor_client::SupervisorClient;
 use securely_proto::supervisor::{Event, WatchRequest};
 use serde_json::json;
+use tokio::time::Instant;
+use tonic::Streaming;
 
 use securely_core::event_text::line;
 
 use crate::errors;
+use crate::follow;
 use crate::target::Target;
 
-/// Prints one line per event (a JSON object with `json`) until Ctrl-C or the stream ends.
+/// How long `watch` keeps trying to reach the re-executed supervisor after an exec.
+const RESUME_WINDOW: Duration = Duration::from_secs(60);
+/// Pause between attempts to reach it.
+const RESUME_PAUSE: Duration = Duration::from_millis(100);
+
+/// Prints one line per event (a JSON object with `json`) until Ctrl-C or the supervisor
+/// stops. A reload's exec ends one stream: the next, on the re-executed supervisor, goes
+/// on after the last event printed.
 pub async fn watch(target: &Target, as_json: bool) -> anyhow::Result<()> {
     let mut client = SupervisorClient::new(target.supervisor_unbounded().await?);
     let mut stream = client
@@ -18,15 +30,45 @@ pub async fn watch(target: &Target, as_json: bool) -> anyhow::Result<()> {
         .map_err(|s| errors::rpc("supervisor", s))?
         .into_inner();
     loop {
-        let next = tokio::select! {
-            next = stream.message() => next,
+        let mut last: Option<Event> = None;
+        loop {
+            let next = tokio::select! {
+                next = stream.message() => next,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            match next.map_err(|s| errors::rpc("supervisor", s))? {
+                Some(event) => {
+                    if as_json {
+                        println!("{}", to_json(&event));
+                    } else {
+                        println!("{}", line(&event));
+                    }
+                    last = Some(event);
+                }
+                None => break,
+            }
+        }
+        let Some(last) = last.filter(|e| e.kind == "phase" && e.state == "re_executing") else {
+            return Ok(());
+        };
+        stream = tokio::select! {
+            resumed = resume(target, last.seq) => resumed?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        match next.map_err(|s| errors::rpc("supervisor", s))? {
-            Some(event) if as_json => println!("{}", to_json(&event)),
-            Some(event) => println!("{}", line(&event)),
-            None => return Ok(()),
+    }
+}
+
+/// A Watch on the re-executed supervisor after event `after_seq`.
+async fn resume(target: &Target, after_seq: u64) -> anyhow::Result<Streaming<Event>> {
+    let give_up = Instant::now() + RESUME_WINDOW;
+    loop {
+        if let Some(stream) = follow::open(target, after_seq).await {
+            return Ok(stream);
         }
+        if Instant::now() >= give_up {
+            anyhow::bail!("the supervisor did not come back within {RESUME_WINDOW:?} of its exec");
+        }
+        tokio::time::sleep(RESUME_PAUSE).await;
     }
 }
 
