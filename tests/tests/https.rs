@@ -4,6 +4,7 @@
 
 use securely_tests::tls::{self, TlsClient};
 use securely_tests::{Stack, StackConfig, http};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
 
@@ -279,12 +280,29 @@ async fn names_that_are_no_secure_site_get_a_page_or_an_alert() {
         )),
         "{err}"
     );
-    // proxyd still serves.
+    // Plain HTTP on the TLS listener: no handshake, closed.
+    let mut plain = tokio::net::TcpStream::connect(stack.https).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: plain.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        plain.read_to_end(&mut answer),
+    )
+    .await
+    .expect("closed");
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+
+    // proxyd still serves, and the failed handshakes hold no drain back: each was
+    // counted to its end.
     let stream = client.connect(stack.https, "nosite.test").await.unwrap();
-    assert_eq!(
-        http::get_on(stream, "x.test", "/").await.unwrap().status,
-        404
-    );
+    let reply = http::get_on(stream, "x.test", "/").await.unwrap();
+    assert_eq!(reply.status, 404);
+    stack.ctl_ok(&["restart", "proxyd", "--quiet"]);
+    let log = stack.log();
+    assert!(!log.contains("never reached the proxy"), "{log}");
 }
 
 /// `GET url` over HTTP/2 on `stream`: status and body.

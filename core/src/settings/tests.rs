@@ -56,6 +56,26 @@ fn clashing_tcp_ports_are_rejected() {
 }
 
 #[test]
+fn tls_listeners_may_be_none_but_claim_their_ports() {
+    let (settings, _) = parse("proxy:\n  tls_listen: []\n");
+    let settings = settings.unwrap();
+    settings.validate().unwrap();
+    assert!(settings.proxy_tls_listen().is_empty());
+    assert_eq!(
+        Settings::default().proxy_tls_listen(),
+        vec!["127.0.0.1:8443".parse::<std::net::SocketAddr>().unwrap()]
+    );
+
+    let (settings, _) = parse(
+        "proxy:\n  listen: [\"127.0.0.1:8080\"]\n  tls_listen: [\"0.0.0.0:8080\", \"nope\"]\n",
+    );
+    let errors = settings.unwrap().validate().unwrap_err();
+    let keys: Vec<_> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["proxy.tls_listen[0]", "proxy.tls_listen[1]"]);
+    assert!(errors[0].problem.contains("clashes with proxy.listen[0]"));
+}
+
+#[test]
 fn an_upstream_that_is_dnsd_itself_is_rejected() {
     let (settings, _) = parse(
         "dns:\n  listen: [\"127.0.0.1:5353\"]\n  upstreams: [\"127.0.0.53\", \"127.0.0.1:5353\"]\n",
