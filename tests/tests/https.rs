@@ -305,6 +305,37 @@ async fn names_that_are_no_secure_site_get_a_page_or_an_alert() {
     assert!(!log.contains("never reached the proxy"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_h2_connection_is_closed_by_a_restart_not_waited_for() {
+    let (stack, _backend, ca) = secure_app().await;
+    let client = TlsClient::trusting(&ca, tls::H2_THEN_HTTP1).unwrap();
+    let stream = client.connect(stack.https, "app.test").await.unwrap();
+    let (h2, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = ::http::Request::get("https://app.test/").body(()).unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+
+    // Kept open and idle across the restart: proxyd sends GOAWAY and closes it.
+    let started = std::time::Instant::now();
+    stack.ctl_ok(&["restart", "proxyd", "--quiet"]);
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), connection)
+        .await
+        .expect("the old instance closes the connection");
+    assert!(
+        ended.unwrap().is_ok(),
+        "a graceful end (GOAWAY), not an error"
+    );
+    let log = stack.log();
+    assert!(!log.contains("grace period of"), "{log}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{log}"
+    );
+    drop(h2);
+}
+
 /// `GET url` over HTTP/2 on `stream`: status and body.
 async fn h2_get<S>(stream: S, url: &str) -> (u16, String)
 where
