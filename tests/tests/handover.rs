@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use securely_tests::load::{Load, Report};
+use securely_tests::load::{Load, Report, Web};
+use securely_tests::tls::{self, TlsClient};
 use securely_tests::{Stack, StackConfig, alive, http, wait_for};
 
 /// Rounds of restarts (each daemon once per round) under load.
@@ -21,22 +22,35 @@ fn own_binaries() -> StackConfig {
     }
 }
 
-/// A stack with a site on a live backend, and load running against it.
+/// A stack with two sites on a live backend, `app` over HTTP and `secure` over https,
+/// and load running against them: HTTP to `app.test`; HTTPS to `secure.test` over
+/// HTTP/1.1 and HTTP/2 (by ALPN) through clients trusting only the exported local CA.
 async fn loaded(config: StackConfig) -> (Stack, http::Backend, Load) {
     let stack = Stack::start_with(config);
     let backend = http::Backend::start().await;
     stack.ctl_ok(&["site:link", "app", &backend.addr.to_string()]);
-    let load = Load::start(
+    stack.ctl_ok(&["site:link", "secure", &backend.addr.to_string()]);
+    stack.ctl_ok(&["site:secure", "secure"]);
+    let ca = stack.ctl_ok(&["ca:export"]);
+    let mut load = Load::start(
         stack.http,
         "app.test",
         stack.dns,
         "app.test.",
         stack.socket("queued"),
     );
+    for alpn in [tls::HTTP1, tls::H2_THEN_HTTP1] {
+        let client = TlsClient::trusting(&ca, alpn).expect("a client trusting the CA");
+        let https = Web::Https {
+            addr: stack.https,
+            client,
+        };
+        load.add_web(https, "secure.test");
+    }
     // Traffic flows before anything happens.
-    let start = load.http_ok();
+    let (http, https) = (load.http_ok(), load.https_ok());
     wait_for("load to flow", Duration::from_secs(10), || {
-        (load.http_ok() > start + 20).then_some(())
+        (load.http_ok() > http + 20 && load.https_ok() > https + 20).then_some(())
     });
     (stack, backend, load)
 }
@@ -55,6 +69,11 @@ fn assert_clean(stack: &Stack, report: &Report) {
         report.http_new_ok > 0 && report.http_kept_ok > 0,
         "{report:?}"
     );
+    assert!(
+        report.https_new_ok > 0 && report.https_kept_ok > 0,
+        "{report:?}"
+    );
+    assert!(report.h2_new_ok > 0 && report.h2_kept_ok > 0, "{report:?}");
     assert!(report.dns_udp_ok > 0 && report.dns_tcp_ok > 0, "{report:?}");
     assert!(
         report.pushed > 0 && report.delivered >= report.pushed,
