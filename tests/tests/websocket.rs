@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
+use securely_tests::load::Io;
+use securely_tests::tls::{self, TlsClient};
 use securely_tests::websocket::{Ended, GREETING, SERVER_CLOSE_REASON, WsBackend, connect, next};
 use securely_tests::{Stack, StackConfig, alive, http, wait_for};
 use tokio::net::TcpStream;
@@ -36,7 +38,7 @@ async fn open(stack: &Stack) -> WebSocketStream<TcpStream> {
 }
 
 /// The next message, which must be text.
-async fn text(ws: &mut WebSocketStream<TcpStream>) -> String {
+async fn text<S: Io>(ws: &mut WebSocketStream<S>) -> String {
     match next(ws).await {
         Some(Ok(Message::Text(text))) => text.to_string(),
         other => panic!("expected a text message, got {other:?}"),
@@ -44,13 +46,13 @@ async fn text(ws: &mut WebSocketStream<TcpStream>) -> String {
 }
 
 /// Sends `message` and expects it back unchanged.
-async fn round_trip(ws: &mut WebSocketStream<TcpStream>, message: Message) {
+async fn round_trip<S: Io>(ws: &mut WebSocketStream<S>, message: Message) {
     ws.send(message.clone()).await.unwrap();
     assert_eq!(next(ws).await.unwrap().unwrap(), message);
 }
 
 /// Whether the stream ends (with or without a close frame) before anything else comes.
-async fn ends(ws: &mut WebSocketStream<TcpStream>) -> bool {
+async fn ends<S: Io>(ws: &mut WebSocketStream<S>) -> bool {
     loop {
         match next(ws).await {
             None | Some(Err(_)) => return true,
@@ -75,21 +77,27 @@ async fn ws_frames_cross_proxyd_both_ways_until_the_client_closes() {
     assert_eq!(headers["x-forwarded-proto"], "http", "{headers:?}");
     assert!(headers["via"].contains("securely-proxyd"), "{headers:?}");
 
-    round_trip(&mut ws, Message::text("hello through proxyd")).await;
-    round_trip(&mut ws, Message::binary(vec![0u8, 1, 2, 255])).await;
-    // Larger than any buffer on the way, in both directions.
+    converse_then_close(&mut ws).await;
+    assert_eq!(backend.ended(1).await, [Ended::ClientClosed(1001)]);
+}
+
+/// Text, binary (one larger than any buffer on the way), server-initiated messages and
+/// a ping, then the client's close (1001) and the end of the stream.
+async fn converse_then_close<S: Io>(ws: &mut WebSocketStream<S>) {
+    round_trip(ws, Message::text("hello through proxyd")).await;
+    round_trip(ws, Message::binary(vec![0u8, 1, 2, 255])).await;
     let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
-    round_trip(&mut ws, Message::Binary(Bytes::from(big))).await;
+    round_trip(ws, Message::Binary(Bytes::from(big))).await;
     // Messages the server sends without being asked, one per frame.
     ws.send(Message::text("push 200")).await.unwrap();
     for i in 1..=200 {
-        assert_eq!(text(&mut ws).await, format!("push {i}"));
+        assert_eq!(text(ws).await, format!("push {i}"));
     }
     // Control frames too: the backend's WebSocket library answers a ping.
     ws.send(Message::Ping(Bytes::from_static(b"are you there")))
         .await
         .unwrap();
-    let pong = next(&mut ws).await.unwrap().unwrap();
+    let pong = next(ws).await.unwrap().unwrap();
     assert_eq!(pong, Message::Pong(Bytes::from_static(b"are you there")));
 
     // The client closes: the backend sees its close frame, answers, and the connection
@@ -99,8 +107,46 @@ async fn ws_frames_cross_proxyd_both_ways_until_the_client_closes() {
         reason: "tab closed".into(),
     };
     ws.close(Some(frame)).await.unwrap();
-    assert!(ends(&mut ws).await);
+    assert!(ends(ws).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wss_frames_cross_proxyd_to_a_client_trusting_only_the_local_ca() {
+    let (stack, backend) = stack_with_backend(StackConfig::default()).await;
+    stack.ctl_ok(&["site:secure", "app"]);
+    let ca = stack.ctl_ok(&["ca:export"]);
+    // As browsers open a WebSocket: HTTP/1.1 by ALPN, SNI the site's name.
+    let client = TlsClient::trusting(&ca, tls::HTTP1).unwrap();
+    let stream = client.connect(stack.https, "app.test").await.unwrap();
+    assert_eq!(tls::negotiated(&stream).as_deref(), Some(&b"http/1.1"[..]));
+    let mut ws = connect(stream, "wss://app.test/chat")
+        .await
+        .expect("upgraded");
+    assert_eq!(text(&mut ws).await, GREETING);
+    let headers = backend.upgrade(0).await;
+    assert_eq!(headers["x-forwarded-proto"], "https", "{headers:?}");
+    assert_eq!(headers["host"], "app.test", "{headers:?}");
+    converse_then_close(&mut ws).await;
     assert_eq!(backend.ended(1).await, [Ended::ClientClosed(1001)]);
+
+    // The backend closes over TLS too.
+    let stream = client.connect(stack.https, "app.test").await.unwrap();
+    let mut ws = connect(stream, "wss://app.test/chat")
+        .await
+        .expect("upgraded");
+    assert_eq!(text(&mut ws).await, GREETING);
+    ws.send(Message::text("close")).await.unwrap();
+    assert!(matches!(
+        next(&mut ws).await,
+        Some(Ok(Message::Close(Some(_))))
+    ));
+    assert!(ends(&mut ws).await);
+    assert_eq!(backend.ended(2).await[1], Ended::ServerClosed);
+
+    // ws:// to a secure site is sent to https, as any plain-HTTP request is.
+    let tcp = TcpStream::connect(stack.http).await.unwrap();
+    let refused = connect(tcp, "ws://app.test/chat").await.unwrap_err();
+    assert!(refused.to_string().contains("308"), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
