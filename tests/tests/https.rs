@@ -318,21 +318,19 @@ async fn an_idle_h2_connection_is_closed_by_a_restart_not_waited_for() {
     assert_eq!(response.await.unwrap().status(), 200);
 
     // Kept open and idle across the restart: proxyd sends GOAWAY and closes it.
-    let started = std::time::Instant::now();
     stack.ctl_ok(&["restart", "proxyd", "--quiet"]);
     let ended = tokio::time::timeout(std::time::Duration::from_secs(10), connection)
         .await
         .expect("the old instance closes the connection");
-    assert!(
-        ended.unwrap().is_ok(),
-        "a graceful end (GOAWAY), not an error"
-    );
     let log = stack.log();
-    assert!(!log.contains("grace period of"), "{log}");
+    // GOAWAY (NO_ERROR), then the close; the client may still be writing (its PING's
+    // answer) when the socket goes, which h2 reports as an IO error: no request was on it.
+    let ended = ended.unwrap();
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(5),
-        "{log}"
+        ended.as_ref().map_or_else(h2::Error::is_io, |()| true),
+        "no protocol error: {ended:?}\n{log}"
     );
+    assert!(!log.contains("grace period of"), "{log}");
     drop(h2);
 }
 
