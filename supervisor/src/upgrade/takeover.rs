@@ -30,6 +30,12 @@ use crate::sys;
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(300);
 /// How long each side waits for the other once connected.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the running supervisor keeps trying a socket file that refuses connections:
+/// a `-u` supervisor between its `bind` (the file appears) and its `listen` refuses them
+/// for a moment (pingora's own sender retries too). A stale file costs this much.
+const OFFER_RETRY_WINDOW: Duration = Duration::from_secs(1);
+/// Pause between those tries.
+const OFFER_RETRY_PAUSE: Duration = Duration::from_millis(20);
 /// The most sockets one message carries (the kernel's SCM_MAX_FD is 253).
 const MAX_SOCKETS: usize = 253;
 /// The largest description accepted.
@@ -155,21 +161,33 @@ fn acknowledge(mut sender: UnixStream) -> anyhow::Result<()> {
     std::io::Write::write_all(&mut sender, ACK).context("upgrade_sock: acknowledging")
 }
 
+/// Connects to the `-u` supervisor waiting on `path`; `None` when there is none (no
+/// file, or one that still refuses after [`OFFER_RETRY_WINDOW`]).
+fn connect_to_waiter(path: &Path) -> anyhow::Result<Option<UnixStream>> {
+    let give_up = Instant::now() + OFFER_RETRY_WINDOW;
+    loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => return Ok(Some(stream)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                if Instant::now() >= give_up {
+                    return Ok(None);
+                }
+                std::thread::sleep(OFFER_RETRY_PAUSE);
+            }
+            Err(e) => {
+                return Err(e).context(format!("upgrade_sock: connecting to {}", path.display()));
+            }
+        }
+    }
+}
+
 /// Old side (SIGQUIT): sends `sockets` to a `-u` supervisor waiting on `path`, if it runs
 /// as one of `peers` (else nothing is sent, and the error says why). `Ok(false)` when none
 /// waits there.
 fn offer(path: &Path, sockets: &CarriedSockets, peers: &Peers) -> anyhow::Result<bool> {
-    let stream = match UnixStream::connect(path) {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(false);
-        }
-        Err(e) => return Err(e).context(format!("upgrade_sock: connecting to {}", path.display())),
+    let Some(stream) = connect_to_waiter(path)? else {
+        return Ok(false);
     };
     peers.check(&stream).with_context(|| {
         format!(
@@ -260,5 +278,53 @@ struct RemoveOnDrop<'a>(&'a Path);
 impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+    };
+
+    use super::*;
+
+    #[test]
+    fn a_waiter_between_its_bind_and_its_listen_is_reached() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        // Bound (the file is there) but not listening yet: connections are refused.
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
+        let listening = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            listen(&fd, Backlog::new(1).unwrap()).unwrap();
+            fd
+        });
+        let stream = connect_to_waiter(&path).unwrap();
+        assert!(stream.is_some(), "reached once it listens");
+        drop(listening.join());
+        // No file: nobody waits, at once.
+        assert!(
+            connect_to_waiter(&dir.path().join("none"))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_stale_socket_file_means_nobody_waits_after_the_retry_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upgrade.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let started = Instant::now();
+        assert!(connect_to_waiter(&path).unwrap().is_none());
+        assert!(started.elapsed() >= OFFER_RETRY_WINDOW);
     }
 }
