@@ -115,7 +115,7 @@ fn a_watcher_sees_the_state_then_a_kill_recovery_and_a_handover_in_order() {
 }
 
 #[test]
-fn an_upgrade_ends_the_stream_at_the_exec_and_the_new_image_reports_its_end() {
+fn an_upgrade_ends_the_old_stream_at_the_exec_and_watch_goes_on_to_the_upgrades_end() {
     let stack = Stack::start_with(StackConfig {
         own_binaries: true,
         ..StackConfig::default()
@@ -130,17 +130,28 @@ fn an_upgrade_ends_the_stream_at_the_exec_and_the_new_image_reports_its_end() {
     let began = watcher.until("the upgrade", WITHIN, |e| e["kind"] == "upgrade");
     assert_eq!(began["state"], "running", "{began}");
     assert_eq!(began["id"], 1, "{began}");
-    watcher.until("re_executing", WITHIN, |e| {
+    let exec = watcher.until("re_executing", WITHIN, |e| {
         is(e, "phase", "", "re_executing")
     });
-    // Ended by the supervisor, not cut by the control server's stop.
-    assert!(watcher.ended_ok(WITHIN), "{:#?}", watcher.seen);
-
-    // The new image: the upgrade's end (reload has returned, so it is over).
-    let mut watcher = Watcher::start(&stack);
-    let phase = watcher.until("the phase", WITHIN, |_| true);
-    assert!(is(&phase, "phase", "", "running"), "{phase}");
+    // The old image's stream ended there; securelyctl watch goes on on the new image's,
+    // with the next number, up to the upgrade's end.
+    let next = watcher.until("the new image's first event", WITHIN, |_| true);
+    assert_eq!(
+        next["seq"].as_u64(),
+        exec["seq"].as_u64().map(|seq| seq + 1),
+        "{next}"
+    );
+    let ended = watcher.until("the upgrade's end", WITHIN, |e| e["kind"] == "upgrade");
+    assert_eq!(
+        (&ended["state"], &ended["id"]),
+        (&"done".into(), &1.into()),
+        "{ended}"
+    );
     assert_eq!(stack.status().unwrap()["upgrade"]["state"], "done");
+    // A watcher started now begins with the current phase.
+    let mut fresh = Watcher::start(&stack);
+    let phase = fresh.until("the phase", WITHIN, |_| true);
+    assert!(is(&phase, "phase", "", "running"), "{phase}");
 }
 
 #[test]
