@@ -61,6 +61,8 @@ pub struct Report {
     pub h2_kept_ok: u64,
     /// Kept-alive HTTP/2 connections the server closed or sent away between requests.
     pub h2_kept_reconnects: u64,
+    /// h2 requests on new connections that the server's GOAWAY refused (sent again).
+    pub h2_new_refused: u64,
     /// DNS answers over UDP.
     pub dns_udp_ok: u64,
     /// DNS answers over TCP.
@@ -204,6 +206,7 @@ impl Load {
             h2_new_ok: c.h2.new_ok.load(Ordering::Relaxed),
             h2_kept_ok: c.h2.kept_ok.load(Ordering::Relaxed),
             h2_kept_reconnects: c.h2.kept_reconnects.load(Ordering::Relaxed),
+            h2_new_refused: c.h2.new_refused.load(Ordering::Relaxed),
             dns_udp_ok: c.dns_udp_ok.load(Ordering::Relaxed),
             dns_tcp_ok: c.dns_tcp_ok.load(Ordering::Relaxed),
             pushed: pushed.len() as u64,

@@ -47,6 +47,8 @@ pub(super) struct WebCounters {
     /// HTTP/2, told to go away), the request then sent again on a new connection
     /// (RFC 9112 9.3.1, RFC 9113 8.7; what browsers and curl do).
     pub kept_reconnects: AtomicU64,
+    /// Requests on new connections that an HTTP/2 GOAWAY refused, sent again.
+    pub new_refused: AtomicU64,
 }
 
 /// The protocol a connection speaks, for counters and failure lines.
@@ -155,7 +157,11 @@ impl std::fmt::Display for RequestError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::TimedOut => f.write_str("timed out"),
-            Self::Send(e) => write!(f, "{e}"),
+            // With its cause: hyper's text alone ("http2 error") hides the reason.
+            Self::Send(e) => match std::error::Error::source(e) {
+                Some(cause) => write!(f, "{e}: {cause}"),
+                None => write!(f, "{e}"),
+            },
             Self::Body(e) => write!(f, "body: {e}"),
         }
     }
@@ -173,6 +179,12 @@ pub(super) async fn new_connections(web: Web, host: String, shared: Arc<Shared>)
                         counters.new_ok.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(status) => shared.fail(format!("{label} (new connection): status {status}")),
+                    // The server's GOAWAY said this stream was not processed: sent again
+                    // on a new connection, as HTTP/2 clients may (RFC 9113 6.8).
+                    Err(RequestError::Send(e)) if refused_by_goaway(&e) => {
+                        let counters = shared.counters.web(protocol);
+                        counters.new_refused.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => shared.fail(format!("{label} (new connection): {e}")),
                 }
             }
@@ -232,8 +244,8 @@ fn scheme(web: &Web) -> &'static str {
 }
 
 /// Whether the request was never processed: the connection closed or reset before a
-/// response byte, or HTTP/2 refused the stream (REFUSED_STREAM, or beyond a GOAWAY's
-/// last stream).
+/// response byte, or HTTP/2 refused the stream (REFUSED_STREAM, or beyond the server's
+/// GOAWAY's last stream).
 fn not_processed(e: &hyper::Error) -> bool {
     if e.is_incomplete_message() || e.is_canceled() {
         return true;
@@ -247,7 +259,25 @@ fn not_processed(e: &hyper::Error) -> bool {
             );
         }
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) || graceful_goaway(h2);
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// A stream the server's graceful GOAWAY (NO_ERROR) left beyond its last stream id.
+fn graceful_goaway(h2: &h2::Error) -> bool {
+    h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR)
+}
+
+/// Whether the server's GOAWAY refused the request's stream: a stream beyond the GOAWAY's
+/// last stream id was not processed and may be sent again (RFC 9113 6.8).
+fn refused_by_goaway(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(error) = source {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return graceful_goaway(h2);
         }
         source = error.source();
     }
