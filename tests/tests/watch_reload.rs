@@ -131,50 +131,33 @@ async fn a_watch_continues_across_a_reload_with_the_next_numbers() {
 /// run on without a gap over the exec, and it ends with the stop.
 #[test]
 fn securelyctl_watch_follows_the_stack_across_a_reload_until_the_stop() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
+    use securely_tests::watcher::{Watcher, is as is_json};
 
     let stack = Stack::start_with(StackConfig {
         own_binaries: true,
         ..StackConfig::default()
     });
     stack.wait_all_ready();
-    let mut watch = Command::new(bin("securelyctl"))
-        .arg("--socket")
-        .arg(stack.control_socket())
-        .args(["watch", "--json"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run securelyctl watch");
-    let mut lines = BufReader::new(watch.stdout.take().expect("piped")).lines();
-    let mut events: Vec<serde_json::Value> = Vec::new();
-    let mut read_until = |events: &mut Vec<serde_json::Value>, kind: &str, state: &str| loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("watch ended before {kind} {state}: {events:#?}"))
-            .expect("a line");
-        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-        let found = event["kind"] == kind && event["state"] == state;
-        events.push(event);
-        if found {
-            return;
-        }
-    };
-    read_until(&mut events, "phase", "running");
+    let mut watcher = Watcher::start(&stack);
+    watcher.until("the phase", WITHIN, |e| is_json(e, "phase", "", "running"));
     stack.install_binaries();
     stack.ctl_ok(&["reload", "--quiet"]);
-    read_until(&mut events, "phase", "re_executing");
+    watcher.until("re_executing", WITHIN, |e| {
+        is_json(e, "phase", "", "re_executing")
+    });
     // The re-executed supervisor's events come on the same output.
-    read_until(&mut events, "upgrade", "done");
+    watcher.until("the upgrade's end", WITHIN, |e| {
+        is_json(e, "upgrade", "", "done")
+    });
     stack.ctl_ok(&["stop"]);
-    read_until(&mut events, "phase", "terminated");
-    assert!(
-        watch.wait().expect("wait").success(),
-        "watch ends with the stack"
-    );
-    let seqs: Vec<u64> = events
+    watcher.until("terminated", WITHIN, |e| {
+        is_json(e, "phase", "", "terminated")
+    });
+    assert!(watcher.ended_ok(WITHIN), "watch ends with the stack");
+    let seqs: Vec<u64> = watcher
+        .seen
         .iter()
-        .skip_while(|e| e["kind"] == "snapshot" || e["kind"] == "phase" && e["state"] == "running")
+        .skip_while(|e| e["kind"] == "snapshot" || is_json(e, "phase", "", "running"))
         .map(|e| e["seq"].as_u64().expect("seq"))
         .collect();
     assert!(
